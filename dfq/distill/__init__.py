@@ -1,0 +1,1 @@
+"""Quantization-aware knowledge distillation from the full-precision teacher."""

@@ -1,0 +1,1 @@
+"""Fake quantization: quantizers, observers, quantized modules, layer policy and calibration."""

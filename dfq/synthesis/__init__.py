@@ -1,0 +1,1 @@
+"""Data synthesis: optimize input tensors so a frozen teacher "recognizes" them as training data."""

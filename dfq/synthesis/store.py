@@ -1,0 +1,74 @@
+"""SampleSet: a data set as one file (inputs in normalized space, labels, metadata), written atomically."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import dfq
+from dfq.errors import UserError
+from dfq.io import save_torch
+
+FORMAT = "dfq.SampleSet/1"
+
+
+class SampleSetError(UserError):
+    """A saved sample set is missing, damaged, or made for another model."""
+
+
+@dataclass
+class SampleSet:
+    """Inputs (N, C, H, W) in the model's normalized space, optional labels (N,), and metadata."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def save(self, path: str | Path) -> None:
+        save_torch({"format": FORMAT, "x": self.x, "y": self.y, "meta": self.meta}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SampleSet:
+        path = Path(path)
+        if not path.is_file():
+            raise SampleSetError(f"sample set not found: {path}")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise SampleSetError(f"sample set {path} is damaged or truncated ({error})") from error
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            raise SampleSetError(f"{path} is not a dfq sample set (format {FORMAT})")
+        x, y = blob["x"], blob["y"]
+        if x.dim() != 4 or (y is not None and len(y) != len(x)):
+            labels = None if y is None else tuple(y.shape)
+            raise SampleSetError(f"sample set {path} is inconsistent: x {tuple(x.shape)}, y {labels}")
+        return cls(x, y, blob["meta"])
+
+    @classmethod
+    def concatenate(cls, parts: list[SampleSet], meta: dict[str, Any]) -> SampleSet:
+        x = torch.cat([p.x for p in parts])
+        labelled = all(p.y is not None for p in parts)
+        y = torch.cat([p.y for p in parts]) if labelled else None
+        return cls(x, y, meta)
+
+
+def git_revision() -> str | None:
+    """The source tree's git commit, when dfq runs from a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(dfq.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
