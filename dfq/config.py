@@ -7,6 +7,9 @@ would be valid, before any work starts.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,3 +105,39 @@ def validate(cfg: DictConfig) -> RunConfig:
         return OmegaConf.to_object(cfg)
     except ValueError as error:  # raised by the dataclasses' __post_init__ checks
         raise ConfigError(str(error)) from error
+
+
+def _schema_fields(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type of a dataclass schema."""
+    return typing.get_type_hints(cls)
+
+
+def check_key(path: str, schema: type = RunConfig) -> None:
+    """Raise ConfigError when a dotted key is not in the schema, listing the valid keys at that level.
+
+    Keys below loosely typed nodes (`model.arch`, `dataset`, `trainer`) are left to Hydra.
+    """
+    node: Any = schema
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        if not dataclasses.is_dataclass(node):
+            return
+        fields = _schema_fields(node)
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {path!r}{hint}; valid keys of {where}: {sorted(fields)}")
+        node = fields[part]
+
+
+def check_overrides(arguments: list[str]) -> None:
+    """Check the keys of command-line overrides against the schema before Hydra starts any work."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    candidates = [a for a in arguments if not a.startswith("-") and "=" in a]
+    for override in OverridesParser.create().parse_overrides(candidates):
+        key = override.key_or_group
+        if override.type == OverrideType.CHANGE and "." in key and not key.startswith("hydra."):
+            check_key(key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import warnings
 
@@ -10,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dfq.config import register_configs
+from dfq.config import check_overrides, register_configs
 from dfq.errors import UserError
 
 register_configs()
@@ -19,18 +18,31 @@ for message in (".*module\\(s\\) in eval mode.*", ".*does not have many workers.
     warnings.filterwarnings("ignore", message=message)
 
 
+def fail(error: UserError) -> None:
+    """Report a user's mistake in one line and exit with status 2."""
+    print(f"dfq: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Run the pipeline; a user error ends the run with one line and exit status 2."""
+def run_job(cfg: DictConfig) -> float:
+    """One job of a run or sweep: the whole pipeline; returns the quantized top-1 (for sweepers)."""
     from dfq.pipeline import run  # heavy imports after Hydra has parsed the command line
 
     try:
         metrics = run(cfg, HydraConfig.get().runtime.output_dir)
     except UserError as error:
-        logging.getLogger("dfq").error("%s", error)
-        print(f"dfq: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(error)
     return metrics["q_top1"]
+
+
+def main() -> None:
+    """`dfq` / `python -m dfq.run`: check override keys against the schema, then hand over to Hydra."""
+    try:
+        check_overrides(sys.argv[1:])
+    except UserError as error:
+        fail(error)
+    run_job()
 
 
 if __name__ == "__main__":

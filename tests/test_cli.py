@@ -1,0 +1,58 @@
+"""The real command line: a two-generator multirun, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tiny digits settings: 8x8 images, a teacher trained for a few epochs, a handful of samples.
+TINY = [
+    "dataset.image_size=8",
+    "model.input.image_size=8",
+    "model.train_if_missing.epochs=3",
+    "generator.num_samples=32",
+    "generator.batch_size=32",
+    "generator.iterations=5",
+    "compare=none",
+    "finetune.epochs=1",
+    "logger=csv",
+]
+
+
+def dfq(args: list[str], cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DFQ_CACHE": str(cache), "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "-m", "dfq.run", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_multirun_over_two_generators(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    result = dfq(["-m", "generator=bn_stats,gaussian", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert [m["generator"] for m in metrics] == ["bn_stats", "gaussian"]
+    for m, job in zip(metrics, sorted(sweep.glob("*/metrics.json")), strict=True):
+        assert 0.0 <= m["q_top1"] <= 100.0 and m["fp_top1"] > 50.0
+        assert (job.parent / "config.yaml").is_file()
+        assert (job.parent / f"samples_{m['generator']}.png").stat().st_size > 0
+        assert (job.parent / "samples" / f"{m['generator']}.pt").is_file()
+    assert "W4A4 calibrated" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [("quant.w_bit=4", "did you mean 'w_bits'"), ("quant.w_bits=0", "quant.w_bits=0 is out of range")],
+)
+def test_user_error_is_one_line_with_status_2(tmp_path: Path, override: str, needle: str):
+    result = dfq([override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path / "cache", timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dfq: error:") and needle in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr

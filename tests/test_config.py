@@ -1,0 +1,73 @@
+"""Every config file composes and validates; typos and out-of-range values fail with clear messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from dfq.config import ConfigError, RunConfig, check_key, check_overrides, register_configs, validate
+
+CONF = Path(__file__).resolve().parents[1] / "dfq" / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("*.yaml"))]
+
+register_configs()
+
+
+def compose_run(*overrides: str):
+    with initialize_config_module("dfq.conf", version_base="1.3"):
+        return compose("config", overrides=["paths.output_dir=/tmp/dfq-test", *overrides])
+
+
+def test_top_level_conf_is_the_package_conf():
+    top = CONF.parents[1] / "conf"
+    assert top.resolve() == CONF.resolve()
+    assert (CONF / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}/{o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(group: str, option: str):
+    cfg = compose_run(f"{group}={option}")
+    config = validate(cfg)
+    assert isinstance(config, RunConfig)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+def test_every_group_has_options():
+    for group in ("model", "dataset", "generator", "quant", "finetune", "trainer", "logger", "experiment"):
+        assert (CONF / group).is_dir(), group
+    assert {"bn_stats", "gaussian", "inception", "real"} <= {o for g, o in OPTIONS if g == "generator"}
+
+
+def test_typo_in_key_names_key_and_valid_keys():
+    with pytest.raises(ConfigError, match=r"quant\.w_bit.*did you mean 'w_bits'.*a_bits"):
+        check_key("quant.w_bit")
+    with pytest.raises(ConfigError, match="granularity"):
+        check_overrides(["-m", "quant.weight.granularty=per_tensor,per_channel"])
+    check_overrides(["quant.w_bits=4", "model.arch.depth=32", "+extra=1", "generator=gaussian"])
+
+
+def test_hydra_rejects_unknown_key_at_composition():
+    with pytest.raises(Exception, match="w_bit"):
+        compose_run("quant.w_bit=4")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("quant.w_bits=0", r"quant\.w_bits=0 is out of range; valid: 2 to 8, or 16/32"),
+        ("quant.a_bits=12", r"quant\.a_bits=12 is out of range"),
+        ("generator.num_samples=0", r"generator\.num_samples=0 is invalid; expected a positive integer"),
+        ("generator.batch_size=-4", r"generator\.batch_size=-4 is invalid"),
+        ("generator.optimizer=lbfgs", r"generator\.optimizer='lbfgs' is invalid; expected one of"),
+        ("quant.placement=everywhere", r"quant\.placement='everywhere' is invalid"),
+        ("finetune.temperature=0", r"finetune\.temperature=0"),
+    ],
+)
+def test_out_of_range_value_fails_before_work(override: str, message: str):
+    cfg = compose_run(override)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)

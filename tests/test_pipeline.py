@@ -1,0 +1,31 @@
+"""The embedded default end to end, through the plain-Python pipeline (what the README promises)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from dfq.config import register_configs
+from dfq.pipeline import format_table, run
+
+register_configs()
+
+
+@pytest.mark.slow
+def test_default_run_bn_statistics_close_to_real_and_above_noise(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("DFQ_CACHE", str(tmp_path / "cache"))
+    with initialize_config_module("dfq.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.output_dir={tmp_path}", "logger=none"])
+    metrics = run(cfg, tmp_path)
+    sources = metrics["sources"]
+    assert set(sources) == {"bn_stats", "real", "gaussian"}
+    bns, real, noise = (sources[k]["qat_top1"] for k in ("bn_stats", "real", "gaussian"))
+    assert metrics["fp_top1"] > 95.0
+    assert bns >= real - 3.0, format_table(metrics)
+    assert bns >= noise + 10.0, format_table(metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text())["q_top1"] == bns
+    assert (tmp_path / "samples_bn_stats.png").stat().st_size > 0
+    assert (tmp_path / "cache" / "digits_cnn_32px.pt").is_file()  # the teacher is cached for the next run
