@@ -50,7 +50,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_weights(module: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
     """Load strictly; on a mismatch name the first missing and unexpected keys."""
-    expected = set(module.state_dict())
+    # BatchNorm's `num_batches_tracked` is absent from checkpoints of older PyTorch and unused in eval
+    expected = {k for k in module.state_dict() if not k.endswith("num_batches_tracked") or k in state_dict}
     missing = sorted(expected - set(state_dict))
     unexpected = sorted(set(state_dict) - expected)
     if missing or unexpected:
@@ -60,7 +61,7 @@ def load_weights(module: nn.Module, state_dict: Mapping[str, Any], source: str) 
             f"{len(unexpected)} unexpected keys (first: {unexpected[:3]})"
         )
     try:
-        module.load_state_dict(state_dict)
+        module.load_state_dict(state_dict, strict=False)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {source} does not fit: {error}") from error
 
