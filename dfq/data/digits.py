@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
-from dfq.data.source import to_dataset
+from dfq.data.source import DataError, to_dataset
 from dfq.models.normalization import Normalization
 
 
@@ -31,6 +31,6 @@ class DigitsDataset:
 
     def split(self, name: str, normalization: Normalization) -> TensorDataset:
         if name not in self._splits:
-            raise ValueError(f"digits has no split {name!r}; valid: {sorted(self._splits)}")
+            raise DataError(f"digits has no split {name!r}; valid: {sorted(self._splits)}")
         pixels, labels = self._splits[name]
         return to_dataset(pixels, labels, normalization, f"digits/{name}")

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfq.models.ops import Add
+
 
 class PadShortcut(nn.Module):
     """Option-A shortcut: subsample by 2 and zero-pad `pad` channels on each side (no parameters)."""
@@ -34,11 +36,12 @@ class BasicBlock(nn.Module):
         self.relu2 = nn.ReLU()
         reshapes = stride != 1 or in_planes != planes
         self.shortcut = PadShortcut(planes // 4) if reshapes else nn.Identity()
+        self.add = Add()  # the residual addition, a module so that it can be quantized
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        return self.relu2(self.add(out, self.shortcut(x)))
 
 
 class CifarResNet(nn.Module):

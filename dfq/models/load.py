@@ -9,15 +9,14 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from torch import nn
 
 from dfq.errors import UserError
+from dfq.models.errors import CheckpointError
+from dfq.models.fetch import fetch_checkpoint, is_url
 from dfq.models.normalization import Normalization
-
-
-class CheckpointError(UserError):
-    """A checkpoint is missing, unreadable, or does not fit the model."""
 
 
 @dataclass
@@ -30,8 +29,11 @@ class ModelEntry:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict saved bare or under 'state_dict'/'model', with a `module.` prefix stripped."""
-    path = Path(path)
+    """Read a state dict saved bare or under 'state_dict'/'model', with a `module.` prefix stripped.
+
+    `path` may be a URL: the file is then taken from the torch hub cache or downloaded (`dfq.models.fetch`).
+    """
+    path = fetch_checkpoint(str(path)) if is_url(path) else Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint not found: {path}. Download it or point model.checkpoint=/path/to/file at it."
@@ -84,9 +86,20 @@ def normalization_from(cfg: DictConfig) -> Normalization:
     )
 
 
+def instantiate_arch(arch: DictConfig) -> nn.Module:
+    """Build `model.arch`; a user error raised while building (unknown name, weights not found) is
+    reported as itself rather than wrapped in Hydra's InstantiationException."""
+    try:
+        return hydra.utils.instantiate(arch)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, UserError):
+            raise error.__cause__ from None
+        raise
+
+
 def build_model(cfg: DictConfig, train_fn: Callable[[nn.Module, str], nn.Module] | None = None) -> ModelEntry:
     """Instantiate `cfg.arch`, load `cfg.checkpoint` (training it first with `train_fn` when absent)."""
-    module = hydra.utils.instantiate(cfg.arch)
+    module = instantiate_arch(cfg.arch)
     checkpoint = cfg.get("checkpoint")
     if checkpoint:
         if not Path(checkpoint).is_file() and train_fn is not None:

@@ -1,0 +1,363 @@
+"""Run directories -> comparable result tables (CSV, markdown) and an accuracy-vs-bits plot.
+
+Each run directory holds `metrics.json` and the resolved `config.yaml` (dfq.record). One result is one
+data source of one run; results that share every protocol field are aggregated over seeds (mean and
+sample standard deviation), so a number is only ever averaged with numbers measured the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dfq.errors import UserError
+from dfq.io import atomic_path
+
+SOURCE_ORDER = ("real", "gaussian", "inception", "bn_stats", "bn_stats_inception", "zeroq", "deepinversion")
+MODES = ("calibrated", "fine-tuned")  # calibration only (PTQ), then quantization-aware distillation (QAT)
+MODE_LABELS = {"calibrated": "PTQ", "fine-tuned": "QAT"}
+CALIBRATION_OPTIONS = ("fold_bn", "bn_reestimate", "bias_correction")
+
+
+class ResultsError(UserError):
+    """A run directory whose files cannot be read as a dfq run."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """The top-1 of one data source in one run, with every field that decides what it compares to."""
+
+    experiment: str
+    model: str
+    data_source: str
+    w_bits: int
+    a_bits: int
+    first_last_bits: str
+    granularity: str
+    symmetry: str
+    observer: str
+    placement: str
+    calibration: str
+    protocol: str
+    mode: str
+    num_samples: int
+    iterations: int
+    epochs: int
+    test_samples: int
+    seed: int
+    fp_top1: float
+    top1: float
+    ptq_top1: float
+    wall_time_s: float
+
+
+MEASURED = ("seed", "fp_top1", "top1", "ptq_top1", "wall_time_s")
+PROTOCOL = tuple(f.name for f in fields(Result) if f.name not in MEASURED)
+SECTION = ("experiment", "model", "first_last_bits", "granularity", "symmetry", "observer", "placement")
+SECTION += ("calibration", "protocol", "num_samples", "test_samples")
+SUMMARY_COLUMNS = (*PROTOCOL, "seeds", "fp_top1", "top1_mean", "top1_std", "ptq_top1_mean", "wall_time_s")
+MARKDOWN_COLUMNS = {
+    "model": "model",
+    "fp_top1": "FP top-1",
+    "data_source": "data source",
+    "bits": "W/A bits",
+    "first_last_bits": "first/last bits",
+    "granularity": "granularity",
+    "symmetry": "symmetry",
+    "observer": "observer",
+    "placement": "placement",
+    "calibration": "calibration",
+    "protocol": "protocol",
+    "mode": "mode",
+    "num_samples": "samples",
+    "iterations": "iterations",
+    "epochs": "epochs",
+    "seeds": "seeds",
+    "top1": "top-1 %",
+    "wall_time_s": "wall time (s)",
+}
+
+
+def find_runs(roots: Iterable[str | Path]) -> list[Path]:
+    """Every directory under `roots` that holds a metrics.json, sorted."""
+    runs: set[Path] = set()
+    for root in map(Path, roots):
+        if not root.exists():
+            raise ResultsError(f"results folder not found: {root}")
+        runs.update(path.parent for path in root.rglob("metrics.json"))
+    return sorted(runs)
+
+
+def both_quantizers(quant: DictConfig, describe) -> str:
+    """`w:<weights> a:<activations>` for one property of the two quantizer templates."""
+    return f"w:{describe(quant.weight)} a:{describe(quant.activation)}"
+
+
+def observer_name(spec: DictConfig) -> str:
+    """An observer with its options, e.g. `percentile(99.99)`."""
+    options = spec.get("observer_options") or {}
+    return f"{spec.observer}({','.join(str(v) for v in options.values())})" if options else str(spec.observer)
+
+
+def calibration_name(cfg: DictConfig) -> str:
+    """The calibration corrections switched on (`plain` when none)."""
+    enabled = [
+        name for name in CALIBRATION_OPTIONS if OmegaConf.select(cfg, f"calibrate.{name}", default=False)
+    ]
+    return "+".join(enabled) or "plain"
+
+
+def source_recipe(cfg: DictConfig, source: str) -> DictConfig:
+    """The generator node that produced data source `source`: the main generator or a compare entry."""
+    if cfg.generator.name == source:
+        return cfg.generator
+    recipe = OmegaConf.select(cfg, f"compare.{source}")
+    if recipe is None:
+        raise ResultsError(f"data source {source!r} is neither generator nor compare.{source} in the config")
+    return recipe
+
+
+def read_run(run_dir: str | Path) -> list[Result]:
+    """The results of one run directory, one per data source."""
+    run_dir = Path(run_dir)
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        return run_results(run_dir, metrics, cfg)
+    except (OSError, ValueError, KeyError, AttributeError) as error:
+        raise ResultsError(f"{run_dir} is not a complete dfq run: {error!r}") from error
+
+
+def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list[Result]:
+    """One Result per data source of a run, its protocol read from the resolved config."""
+    quant = cfg.quant
+    fine_tuned = bool(cfg.finetune.enabled) and int(cfg.finetune.epochs) > 0
+    common = {
+        "experiment": str(cfg.get("experiment") or cfg.get("task_name") or run_dir.parent.name),
+        "model": metrics["model"],
+        "w_bits": int(metrics["w_bits"]),
+        "a_bits": int(metrics["a_bits"]),
+        "first_last_bits": "same" if quant.first_last_bits is None else str(quant.first_last_bits),
+        "granularity": both_quantizers(quant, lambda spec: spec.granularity),
+        "symmetry": both_quantizers(quant, lambda spec: "sym" if spec.symmetric else "asym"),
+        "observer": both_quantizers(quant, observer_name),
+        "placement": str(quant.placement) + ("+residual" if quant.get("quantize_residual") else ""),
+        "calibration": calibration_name(cfg),
+        "protocol": str(metrics["protocol"]),
+        "test_samples": int(metrics["test_samples"]),
+        "seed": int(metrics["seed"]),
+        "fp_top1": float(metrics["fp_top1"]),
+        "wall_time_s": float(metrics["wall_time_s"]),
+    }
+    results = []
+    for source, accuracy in metrics["sources"].items():
+        recipe = source_recipe(cfg, source)
+        tuned = fine_tuned and "qat_top1" in accuracy
+        results.append(
+            Result(
+                **common,
+                data_source=source,
+                mode=MODES[tuned],
+                num_samples=int(recipe.num_samples),
+                iterations=int(recipe.get("iterations") or 0) if recipe.get("source") == "synthesis" else 0,
+                epochs=int(cfg.finetune.epochs) if tuned else 0,
+                top1=float(accuracy["qat_top1" if tuned else "ptq_top1"]),
+                ptq_top1=float(accuracy["ptq_top1"]),
+            )
+        )
+    return results
+
+
+def collect(roots: Iterable[str | Path]) -> list[Result]:
+    """The results of every run under `roots`."""
+    return [result for run in find_runs(roots) for result in read_run(run)]
+
+
+def sort_key(row: dict[str, Any]) -> tuple:
+    """Experiment, model, data source in the tables' order, PTQ before QAT, more bits first."""
+    source = row["data_source"]
+    rank = SOURCE_ORDER.index(source) if source in SOURCE_ORDER else len(SOURCE_ORDER)
+    return (
+        row["experiment"],
+        row["model"],
+        rank,
+        source,
+        MODES.index(row["mode"]),
+        -row["w_bits"],
+        -row["a_bits"],
+    )
+
+
+def aggregate(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """One row per protocol (every field but the seed and the measurements): mean and std over seeds."""
+    groups: dict[tuple, list[Result]] = {}
+    for result in results:
+        groups.setdefault(tuple(getattr(result, name) for name in PROTOCOL), []).append(result)
+    rows = []
+    for key, members in groups.items():
+        top1 = [member.top1 for member in members]
+        rows.append(
+            {
+                **dict(zip(PROTOCOL, key, strict=True)),
+                "seeds": len({member.seed for member in members}),
+                "fp_top1": statistics.fmean(member.fp_top1 for member in members),
+                "top1_mean": statistics.fmean(top1),
+                "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
+                "ptq_top1_mean": statistics.fmean(member.ptq_top1 for member in members),
+                "wall_time_s": statistics.fmean(member.wall_time_s for member in members),
+            }
+        )
+    return sorted(rows, key=sort_key)
+
+
+def setting(row: dict[str, Any]) -> str:
+    """The table column of a row: bits and whether the student was fine-tuned, e.g. `W4A4 QAT`."""
+    return f"W{row['w_bits']}A{row['a_bits']} {MODE_LABELS[row['mode']]}"
+
+
+def accuracy(row: dict[str, Any]) -> str:
+    """`mean ± std` of a row's top-1 (the mean alone for a single seed)."""
+    std = row["top1_std"]
+    return f"{row['top1_mean']:.2f}" if std is None else f"{row['top1_mean']:.2f} ± {std:.2f}"
+
+
+def sections(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows grouped into tables that share model and protocol (rows: data sources, columns: settings)."""
+    grouped: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(tuple(row[name] for name in SECTION), []).append(row)
+    return grouped
+
+
+def row_label(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """The data source, with its iterations where the same source appears with several budgets."""
+    budgets = {other["iterations"] for other in rows if other["data_source"] == row["data_source"]}
+    return row["data_source"] if len(budgets) == 1 else f"{row['data_source']} ({row['iterations']} it)"
+
+
+def column_key(row: dict[str, Any]) -> tuple[int, int, int]:
+    """Table column order: PTQ before QAT, then more weight bits, then more activation bits first."""
+    return (MODES.index(row["mode"]), -row["w_bits"], -row["a_bits"])
+
+
+def pivot(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
+    """Row labels, column labels and cells (`mean ± std`) of one section's table."""
+    labels = list(dict.fromkeys(row_label(row, rows) for row in rows))
+    columns = list(dict.fromkeys(setting(row) for row in sorted(rows, key=column_key)))
+    cells = {(row_label(row, rows), setting(row)): accuracy(row) for row in rows}
+    return labels, columns, cells
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def section_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Heading, protocol line and table (data source x setting) of one section."""
+    first = rows[0]
+    seeds = sorted({row["seeds"] for row in rows})
+    epochs = sorted({row["epochs"] for row in rows if row["mode"] == "fine-tuned"})
+    bits = first["first_last_bits"]
+    first_last = "the target bits" if bits == "same" else f"{bits} bits"
+    protocol = (
+        f"Protocol {first['protocol']}: granularity {first['granularity']}, {first['symmetry']}, "
+        f"observers {first['observer']}, activations at {first['placement']}, first/last layers at "
+        f"{first_last}, calibration {first['calibration']}; {first['num_samples']} samples "
+        f"per source; QAT epochs {'/'.join(map(str, epochs)) or '-'}; top-1 % on {first['test_samples']} "
+        f"test images, mean ± std over {'/'.join(map(str, seeds))} seeds."
+    )
+    labels, columns, cells = pivot(rows)
+    body = [[label, *(cells.get((label, column), "-") for column in columns)] for label in labels]
+    heading = f"### {first['experiment']}: {first['model']} (FP top-1 {first['fp_top1']:.2f} %)"
+    return [heading, "", protocol, "", *markdown_table(["data source", *columns], body), ""]
+
+
+def long_row(row: dict[str, Any]) -> list[str]:
+    """One summary row in the markdown column order."""
+    values = {
+        **row,
+        "bits": f"W{row['w_bits']}A{row['a_bits']}",
+        "fp_top1": f"{row['fp_top1']:.2f}",
+        "top1": accuracy(row),
+        "wall_time_s": f"{row['wall_time_s']:.0f}",
+    }
+    return [str(values[name]) for name in MARKDOWN_COLUMNS]
+
+
+def to_markdown(rows: Sequence[dict[str, Any]], title: str = "Results") -> str:
+    """A table per model and protocol, then every aggregated row with all its protocol columns."""
+    lines = [f"## {title}", ""]
+    for members in sections(rows).values():
+        lines += section_markdown(members)
+    lines += ["### All rows", ""]
+    lines += markdown_table(list(MARKDOWN_COLUMNS.values()), [long_row(row) for row in rows])
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """The aggregated rows as CSV (empty std for a single seed), written atomically."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if row[key] is None else row[key] for key in SUMMARY_COLUMNS})
+
+
+def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Top-1 vs bit setting, one line per data source and one panel per section, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(sections(rows).values())
+    figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+    for axis, members in zip(axes[0], groups, strict=True):
+        labels, columns, _ = pivot(members)
+        for label in labels:
+            points = [(columns.index(setting(r)), r) for r in members if row_label(r, members) == label]
+            points.sort(key=lambda point: point[0])
+            axis.errorbar(
+                [x for x, _ in points],
+                [r["top1_mean"] for _, r in points],
+                yerr=[r["top1_std"] or 0.0 for _, r in points],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        axis.axhline(members[0]["fp_top1"], color="grey", linestyle="--", label="full precision")
+        axis.set_xticks(range(len(columns)), columns, rotation=30)
+        axis.set_xlim(-0.5, len(columns) - 0.5)
+        axis.set_ylim(0, 100)
+        axis.set_ylabel("test top-1 %")
+        axis.set_title(f"{members[0]['experiment']}: {members[0]['model']}")
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+
+
+def write_report(roots: Iterable[str | Path], prefix: str | Path, title: str = "Results") -> dict[str, Path]:
+    """Collect every run under `roots`; write `<prefix>.csv`, `.md` and `.png`; return their paths."""
+    roots = [Path(root) for root in roots]
+    results = collect(roots)
+    if not results:
+        raise ResultsError(f"no run directories (with metrics.json) under {', '.join(map(str, roots))}")
+    rows = aggregate(results)
+    prefix = Path(prefix)
+    paths = {kind: prefix.with_name(f"{prefix.name}.{kind}") for kind in ("csv", "md", "png")}
+    write_csv(rows, paths["csv"])
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text(to_markdown(rows, title))
+    plot(rows, paths["png"])
+    return paths

@@ -1,0 +1,37 @@
+"""Collect dfq run directories into a results table: CSV, markdown (mean ± std over seeds) and a plot.
+
+    python scripts/collect_results.py outputs/cifar10_resnet20/multiruns/<time> \
+        --out docs/results/cifar10_resnet20
+
+writes <out>.csv, <out>.md and <out>.png. Every folder under the given roots that holds a metrics.json
+is one run; results are aggregated only across runs whose protocol columns all agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dfq.errors import UserError
+from dfq.results import write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="run or sweep directories to search")
+    parser.add_argument("--out", type=Path, help="output prefix (default: <first root>/results)")
+    parser.add_argument("--title", default="Results", help="heading of the markdown file")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_report(args.roots, args.out or args.roots[0] / "results", args.title)
+    except UserError as error:
+        print(f"collect_results: error: {error}", file=sys.stderr)
+        return 2
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The results collector on fabricated run directories: rows, columns, mean ± std, protocol columns,
+the CSV, the markdown table and the plot."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from dfq.results import SUMMARY_COLUMNS, ResultsError, aggregate, collect, to_markdown, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fake_run(
+    run_dir: Path,
+    generator: str,
+    bits: tuple[int, int],
+    seed: int,
+    ptq: float,
+    qat: float | None = None,
+    first_last_bits: int | None = None,
+    compare: dict[str, float] | None = None,
+) -> Path:
+    """A run directory as dfq.record writes it: metrics.json and the resolved config.yaml."""
+    iterations = {"real": 0, "gaussian": 0}.get(generator, 500)
+    sources = {generator: {"ptq_top1": ptq} | ({"qat_top1": qat} if qat is not None else {})}
+    sources |= {name: {"ptq_top1": value} for name, value in (compare or {}).items()}
+    metrics = {
+        "model": "resnet20",
+        "generator": generator,
+        "protocol": "strict",
+        "w_bits": bits[0],
+        "a_bits": bits[1],
+        "num_samples": 256,
+        "test_samples": 1000,
+        "fp_top1": 91.5,
+        "q_top1": qat if qat is not None else ptq,
+        "sources": sources,
+        "seed": seed,
+        "wall_time_s": 10.0 + seed,
+    }
+    quantizer = {
+        "granularity": "per_channel",
+        "symmetric": False,
+        "observer": "minmax",
+        "observer_options": {},
+    }
+    config = {
+        "experiment": "table",
+        "task_name": "table",
+        "seed": seed,
+        "generator": {"name": generator, "source": "synthesis", "num_samples": 256, "iterations": iterations},
+        "compare": {
+            name: {"name": name, "source": "real", "num_samples": 256, "iterations": 0}
+            for name in compare or {}
+        },
+        "quant": {
+            "protocol": "strict",
+            "w_bits": bits[0],
+            "a_bits": bits[1],
+            "placement": "layer_input",
+            "first_last_bits": first_last_bits,
+            "weight": quantizer,
+            "activation": quantizer
+            | {
+                "granularity": "per_tensor",
+                "observer": "percentile",
+                "observer_options": {"percentile": 99.99},
+            },
+        },
+        "calibrate": {"num_samples": None, "batch_size": 128},
+        "finetune": {"enabled": qat is not None, "epochs": 30 if qat is not None else 0},
+    }
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+    return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """2 data sources x (W8A8 PTQ, W4A4 QAT) x 2 seeds, plus an unfinished job without metrics."""
+    values = {
+        ("real", 0): (90.0, 86.0),
+        ("real", 1): (92.0, 88.0),
+        ("bn_stats", 0): (91.0, 85.0),
+        ("bn_stats", 1): (91.0, 87.0),
+    }
+    job = 0
+    for (generator, seed), (w8a8, w4a4) in values.items():
+        fake_run(tmp_path / "sweep" / str(job), generator, (8, 8), seed, w8a8)
+        fake_run(tmp_path / "sweep" / str(job + 1), generator, (4, 4), seed, 80.0, qat=w4a4)
+        job += 2
+    (tmp_path / "sweep" / "99").mkdir()
+    (tmp_path / "sweep" / "99" / "run.log").write_text("crashed")
+    return tmp_path / "sweep"
+
+
+def test_aggregates_over_seeds_only(sweep):
+    rows = aggregate(collect([sweep]))
+    assert len(rows) == 4
+    assert [(r["data_source"], r["w_bits"], r["mode"]) for r in rows] == [
+        ("real", 8, "calibrated"),
+        ("real", 4, "fine-tuned"),
+        ("bn_stats", 8, "calibrated"),
+        ("bn_stats", 4, "fine-tuned"),
+    ]
+    real_w8 = rows[0]
+    assert real_w8["seeds"] == 2 and real_w8["top1_mean"] == pytest.approx(91.0)
+    assert real_w8["top1_std"] == pytest.approx(2**0.5)  # sample std of 90 and 92
+    assert rows[1]["top1_mean"] == pytest.approx(87.0) and rows[1]["ptq_top1_mean"] == pytest.approx(80.0)
+    assert rows[1]["epochs"] == 30 and rows[0]["epochs"] == 0
+    assert rows[2]["top1_std"] == 0.0 and rows[2]["iterations"] == 500 and rows[0]["iterations"] == 0
+    assert real_w8["wall_time_s"] == pytest.approx(10.5)
+    assert real_w8["observer"] == "w:minmax a:percentile(99.99)"
+    assert real_w8["granularity"] == "w:per_channel a:per_tensor" and real_w8["symmetry"] == "w:asym a:asym"
+
+
+def test_different_protocols_are_not_averaged(tmp_path):
+    fake_run(tmp_path / "a", "real", (8, 8), 0, 90.0)
+    fake_run(tmp_path / "b", "real", (8, 8), 1, 70.0, first_last_bits=8)
+    rows = aggregate(collect([tmp_path]))
+    assert sorted((r["first_last_bits"], r["top1_mean"], r["seeds"]) for r in rows) == [
+        ("8", 70.0, 1),
+        ("same", 90.0, 1),
+    ]
+    assert rows[0]["top1_std"] is None
+
+
+def test_compare_sources_of_one_run_become_rows(tmp_path):
+    fake_run(tmp_path / "a", "bn_stats", (4, 4), 0, 80.0, compare={"real": 82.0, "gaussian": 60.0})
+    rows = aggregate(collect([tmp_path]))
+    assert [r["data_source"] for r in rows] == ["real", "gaussian", "bn_stats"]
+    assert [r["iterations"] for r in rows] == [0, 0, 500]
+
+
+def test_markdown_table_rows_and_columns(sweep):
+    text = to_markdown(aggregate(collect([sweep])))
+    lines = text.splitlines()
+    header = lines.index("| data source | W8A8 PTQ | W4A4 QAT |")
+    assert lines[header + 2] == "| real | 91.00 ± 1.41 | 87.00 ± 1.41 |"
+    assert lines[header + 3] == "| bn_stats | 91.00 ± 0.00 | 86.00 ± 1.41 |"
+    assert "### table: resnet20 (FP top-1 91.50 %)" in text
+    assert "mean ± std over 2 seeds" in text and "QAT epochs 30" in text
+    long_header = next(line for line in lines if line.startswith("| model | FP top-1 |"))
+    for column in ("first/last bits", "granularity", "symmetry", "observer", "mode", "samples", "iterations"):
+        assert f"| {column} |" in long_header
+    assert "| seeds | top-1 % | wall time (s) |" in long_header
+
+
+def test_report_files(sweep, tmp_path):
+    paths = write_report([sweep], tmp_path / "out" / "table")
+    assert {p.name for p in paths.values()} == {"table.csv", "table.md", "table.png"}
+    with paths["csv"].open() as file:
+        rows = list(csv.DictReader(file))
+    assert tuple(rows[0]) == SUMMARY_COLUMNS and len(rows) == 4
+    assert rows[0]["data_source"] == "real" and float(rows[0]["top1_mean"]) == pytest.approx(91.0)
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 10_000
+    assert not list((tmp_path / "out").glob(".*tmp"))  # written atomically, nothing left over
+
+
+def test_cli(sweep, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("collect_results", REPO / "scripts" / "collect_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(sweep), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r.md").is_file() and str(tmp_path / "r.csv") in capsys.readouterr().out
+    assert module.main([str(tmp_path / "nothing-here")]) == 2
+    assert "results folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert module.main([str(tmp_path / "empty")]) == 2
+
+
+def test_unreadable_run_is_named(tmp_path):
+    fake_run(tmp_path / "a", "real", (8, 8), 0, 90.0)
+    (tmp_path / "a" / "config.yaml").unlink()
+    with pytest.raises(ResultsError, match="is not a complete dfq run"):
+        collect([tmp_path])
