@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -13,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 @dataclass
 class FinetuneConfig:
-    """Budget and loss of quantization-aware distillation (`conf/finetune/`)."""
+    """Budget, loss and data handling of quantization-aware distillation (`conf/finetune/`)."""
 
     enabled: bool = True
     epochs: int = 10
@@ -25,22 +28,27 @@ class FinetuneConfig:
     label_weight: float = 0.0  # cross-entropy to the generator's labels, where it has them
     crop_padding: int = 0  # random-crop augmentation: pad this many pixels, crop back
     flip: bool = False
+    augment_copies: int = 1  # batch augmentation: independently augmented copies of each sample
+    mixup: float = 0.0  # mixup of samples, Beta(mixup, mixup) weights; 0 = off
     freeze_bn: bool = True
+    holdout: float = 0.0  # fraction of the samples held out; the lowest held-out KL picks the student
+    resume: bool = True  # continue from `last.ckpt` in the checkpoint folder, when there is one
     seed: int = 0
 
     def __post_init__(self) -> None:
         checks = {
-            "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size > 0,
-            "lr": self.lr > 0,
-            "temperature": self.temperature > 0,
-            "crop_padding": self.crop_padding >= 0,
+            "epochs": (self.epochs >= 0, "an integer >= 0"),
+            "batch_size": (self.batch_size > 0, "a positive integer"),
+            "lr": (self.lr > 0, "a positive number"),
+            "temperature": (self.temperature > 0, "a positive number"),
+            "crop_padding": (self.crop_padding >= 0, "an integer >= 0"),
+            "augment_copies": (self.augment_copies >= 1, "an integer >= 1"),
+            "mixup": (self.mixup >= 0, "a number >= 0 (0: off)"),
+            "holdout": (0.0 <= self.holdout < 1.0, "a fraction in [0, 1)"),
         }
-        for key, ok in checks.items():
+        for key, (ok, valid) in checks.items():
             if not ok:
-                raise ValueError(
-                    f"finetune.{key}={getattr(self, key)!r} is invalid; expected a positive value"
-                )
+                raise ValueError(f"finetune.{key}={getattr(self, key)!r} is invalid; expected {valid}")
 
 
 def distillation_loss(
@@ -70,8 +78,34 @@ def augment(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
     return x
 
 
+def augment_batch(
+    x: torch.Tensor, y: torch.Tensor | None, copies: int, padding: int, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Batch augmentation (Hoffer et al., CVPR 2020): `copies` independently augmented copies per sample."""
+    if copies > 1:
+        x = x.repeat(copies, *([1] * (x.dim() - 1)))
+        y = None if y is None else y.repeat(copies)
+    return augment(x, padding, flip), y
+
+
+def mixup(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Mixup (Zhang et al., ICLR 2018): lam x + (1 - lam) x[perm], lam ~ Beta(alpha, alpha).
+
+    Returns the mixed batch, the permutation and lam (None and 1.0 when alpha is 0: unchanged).
+    """
+    if alpha <= 0:
+        return x, None, 1.0
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(x), device=x.device)
+    return lam * x + (1.0 - lam) * x[perm], perm, lam
+
+
 class DistillationModule(pl.LightningModule):
-    """Trains the quantized student to match the teacher's softened outputs (STE through rounding)."""
+    """Trains the quantized student to match the teacher's softened outputs (STE through rounding).
+
+    With a validation loader (held-out samples), the student state with the lowest held-out KL is
+    kept (and saved in Lightning checkpoints, so a resumed run still knows it); `best_state` gives it.
+    """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: FinetuneConfig, steps: int) -> None:
         super().__init__()
@@ -79,6 +113,9 @@ class DistillationModule(pl.LightningModule):
         self.teacher = teacher
         self.config = config
         self.total_steps = max(1, steps)
+        self.best_kl = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self._val_kl: list[tuple[float, int]] = []
 
     def train(self, mode: bool = True) -> DistillationModule:
         """Keep the teacher (and, when frozen, the student's BatchNorm) in eval mode."""
@@ -90,16 +127,48 @@ class DistillationModule(pl.LightningModule):
                     module.eval()
         return self
 
+    def on_train_epoch_start(self) -> None:
+        """Lightning keeps submodules in the mode it finds them (a calibrated student is in eval mode)."""
+        self.train()
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        x = augment(batch[0], self.config.crop_padding, self.config.flip)
+        c = self.config
+        labels = batch[1] if len(batch) > 1 else None
+        x, labels = augment_batch(batch[0], labels, c.augment_copies, c.crop_padding, c.flip)
+        x, perm, lam = mixup(x, c.mixup)
         with torch.no_grad():
             teacher_logits = self.teacher(x)
         student_logits = self.student(x)
-        loss = distillation_loss(student_logits, teacher_logits, self.config.temperature)
-        if self.config.label_weight and len(batch) > 1:
-            loss = loss + self.config.label_weight * F.cross_entropy(student_logits, batch[1])
+        loss = distillation_loss(student_logits, teacher_logits, c.temperature)
+        if c.label_weight and labels is not None:
+            cross_entropy = F.cross_entropy(student_logits, labels)
+            if perm is not None:
+                mixed = F.cross_entropy(student_logits, labels[perm])
+                cross_entropy = lam * cross_entropy + (1.0 - lam) * mixed
+            loss = loss + c.label_weight * cross_entropy
         self.log("distill/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
         return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        x = batch[0]
+        kl = distillation_loss(self.student(x), self.teacher(x), self.config.temperature)
+        self._val_kl.append((float(kl) * len(x), len(x)))
+
+    def on_validation_epoch_end(self) -> None:
+        total = sum(n for _, n in self._val_kl)
+        kl = sum(v for v, _ in self._val_kl) / max(total, 1)
+        self._val_kl = []
+        self.log("val/kl", kl, prog_bar=True)
+        if not self.trainer.sanity_checking and kl < self.best_kl:
+            self.best_kl = kl
+            self.best_state = copy.deepcopy(self.student.state_dict())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dfq_best"] = {"kl": self.best_kl, "state": self.best_state}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        best = checkpoint.get("dfq_best") or {}
+        self.best_kl, self.best_state = best.get("kl", math.inf), best.get("state")
 
     def configure_optimizers(self):
         params = [p for p in self.student.parameters() if p.requires_grad]

@@ -1,4 +1,9 @@
-"""Post-training calibration: observers see the samples, then every quantizer's range is fixed."""
+"""Post-training calibration: observers see the samples, then every quantizer's range is fixed.
+
+Options: BN re-estimation on the quantized student (its BatchNorm statistics recomputed from the
+samples as the student now computes them, then ranges re-observed) and bias correction of the weight
+quantization error (Nagel et al., ICCV 2019).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dfq.quant.bias_correction import correct_bias
+from dfq.quant.bn import reestimate_batchnorm
 from dfq.quant.prepare import quantizers
 
 
 @torch.no_grad()
-def calibrate(student: nn.Module, samples: torch.Tensor, batch_size: int = 128) -> nn.Module:
+def observe_ranges(student: nn.Module, samples: torch.Tensor, batch_size: int = 128) -> nn.Module:
     """Observe activations (float forward passes over `samples`) and weights, then freeze all ranges."""
     found = quantizers(student)  # none at all when every width is 16/32 bits: nothing to do
     student.eval()
@@ -26,3 +33,25 @@ def calibrate(student: nn.Module, samples: torch.Tensor, batch_size: int = 128) 
     for quantizer in found.values():
         quantizer.freeze()
     return student
+
+
+def calibrate(
+    student: nn.Module,
+    samples: torch.Tensor,
+    batch_size: int = 128,
+    bn_reestimate: bool = False,
+    bias_correction: bool = False,
+) -> nn.Module:
+    """Fix every quantizer's range from `samples`; optionally re-estimate BN and correct biases first.
+
+    Order: ranges -> BN re-estimation (needs quantized forward passes) -> bias correction (needs the
+    weight ranges) -> ranges again, so activation ranges match the corrected network.
+    """
+    observe_ranges(student, samples, batch_size)
+    if not (bn_reestimate or bias_correction):
+        return student
+    if bn_reestimate:
+        reestimate_batchnorm(student, samples, batch_size)
+    if bias_correction:
+        correct_bias(student, samples, batch_size)
+    return observe_ranges(student, samples, batch_size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -27,15 +29,49 @@ def fake_quantize(
 ) -> torch.Tensor:
     """Quantize to the integer grid [qmin, qmax] and map back: (clamp(round(x/s) + z) - z) * s.
 
-    Gradients pass straight through the rounding; values clipped by the clamp get none. With a
-    learnable `scale` this is exactly LSQ's estimator (Esser et al., ICLR 2020).
+    Computed as round(clamp(x/s, qmin - z, qmax - z)) * s, the same values for an integer zero point,
+    so that gradients pass straight through the rounding and values clipped get none; with a learnable
+    `scale` this is exactly LSQ's estimator (Esser et al., ICLR 2020): d/ds = round(x/s) - x/s inside
+    the grid, and its clipping bound outside. A real-valued zero point z = i + f (i integer) shifts the
+    grid by f steps: codes round(x/s + f) + i.
     """
-    codes = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
-    return (codes - zero_point) * scale
+    fraction = zero_point - torch.round(zero_point)  # 0 for integer zero points: no change at all
+    whole = zero_point - fraction
+    return (round_ste(torch.clamp(x / scale + fraction, qmin - whole, qmax - whole)) - fraction) * scale
 
 
 def quantize_to_int(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
 ) -> torch.Tensor:
     """The integer codes of `x` (no gradient): what an exported model stores."""
-    return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+    fraction = zero_point - torch.round(zero_point)
+    return torch.clamp(torch.round(x / scale + fraction) + (zero_point - fraction), qmin, qmax)
+
+
+@dataclass(frozen=True)
+class IntegerGrid:
+    """Width and shape of an integer grid: what the affine mapping and range-optimizing observers need."""
+
+    bits: int = 8
+    symmetric: bool = False
+    narrow_range: bool = False
+    integer_zero_point: bool = True  # False: asymmetric grids start exactly at `low` (real-valued offset)
+
+    def affine(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Scale, zero point and integer range covering [low, high] (widened to include 0).
+
+        Symmetric grids are signed with zero point 0, except when the range is non-negative (after a
+        ReLU), where an unsigned grid is exact and doubles the resolution.
+        """
+        low, high = torch.clamp(low, max=0.0), torch.clamp(high, min=0.0)
+        tiny = torch.finfo(torch.float32).eps
+        if self.symmetric:
+            signed = bool((low < 0).any())
+            qmin, qmax = integer_range(self.bits, signed, self.narrow_range)
+            scale = torch.clamp(torch.maximum(-low, high) / qmax, min=tiny)
+            return scale, torch.zeros_like(scale), qmin, qmax
+        qmin, qmax = integer_range(self.bits, False, self.narrow_range)
+        scale = torch.clamp((high - low) / (qmax - qmin), min=tiny)
+        offset = qmin - low / scale
+        zero_point = torch.clamp(torch.round(offset) if self.integer_zero_point else offset, qmin, qmax)
+        return scale, zero_point, qmin, qmax

@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfq.models.ops import Add
 from dfq.quant.quantizer import Quantizer, QuantSpec
 
 
-def _quantizer(spec: QuantSpec | None, channel_axis: int) -> nn.Module:
-    return Quantizer(spec, channel_axis) if spec is not None and spec.enabled else nn.Identity()
+def _quantizer(spec: QuantSpec | None, channel_axis: int, batched: bool = True) -> nn.Module:
+    """A Quantizer, or Identity where the tensor stays in floating point."""
+    return Quantizer(spec, channel_axis, batched) if spec is not None and spec.enabled else nn.Identity()
 
 
 class QuantConv2d(nn.Conv2d):
@@ -23,7 +25,7 @@ class QuantConv2d(nn.Conv2d):
             conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
         )  # fmt: skip
         new.load_state_dict(conv.state_dict())
-        new.weight_quantizer = _quantizer(weight, channel_axis=0)
+        new.weight_quantizer = _quantizer(weight, channel_axis=0, batched=False)
         new.input_quantizer = _quantizer(inputs, channel_axis=1)
         return new.to(conv.weight.device)
 
@@ -38,7 +40,7 @@ class QuantLinear(nn.Linear):
     def from_float(cls, linear: nn.Linear, weight: QuantSpec | None, inputs: QuantSpec | None) -> QuantLinear:
         new = cls(linear.in_features, linear.out_features, linear.bias is not None)
         new.load_state_dict(linear.state_dict())
-        new.weight_quantizer = _quantizer(weight, channel_axis=0)
+        new.weight_quantizer = _quantizer(weight, channel_axis=0, batched=False)
         new.input_quantizer = _quantizer(inputs, channel_axis=1)
         return new.to(linear.weight.device)
 
@@ -58,6 +60,18 @@ class QuantAct(nn.Module):
         return self.output_quantizer(self.activation(x))
 
 
+class QuantAdd(nn.Module):
+    """Wraps a residual addition module (e.g. dfq.models.ops.Add) and fake-quantizes its output."""
+
+    def __init__(self, add: nn.Module, spec: QuantSpec) -> None:
+        super().__init__()
+        self.add = add
+        self.output_quantizer = _quantizer(spec, channel_axis=1)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.output_quantizer(self.add(*inputs))
+
+
 QUANTIZED_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv2d: QuantConv2d,
     nn.Linear: QuantLinear,
@@ -70,3 +84,4 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.GELU,
     nn.Hardswish,
 )
+RESIDUAL_ADDS: tuple[type[nn.Module], ...] = (Add,)

@@ -38,6 +38,7 @@ class QuantPolicy:
     first_last_bits: int | None = None
     overrides: dict[str, dict[str, int]] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
+    quantize_residual: bool = False  # quantize the output of residual additions the model exposes
 
     protocol: str = "strict"  # the name recorded beside results, so rows compare like with like
 
@@ -67,7 +68,9 @@ class QuantPolicy:
         return LayerBits(**bits)
 
     def activation_bits(self, name: str) -> int:
-        """Bits of an activation module's output under `after_activation` placement."""
+        """Bits of an activation (or residual addition) module's output, by name-glob overrides."""
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude):
+            return UNQUANTIZED_BITS
         bits = self.a_bits
         for pattern, override in self.overrides.items():
             if not pattern.startswith("@") and fnmatch.fnmatchcase(name, pattern):

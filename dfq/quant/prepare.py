@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from dfq.quant.modules import ACTIVATIONS, QUANTIZED_LAYERS, QuantAct
+from dfq.quant.modules import ACTIVATIONS, QUANTIZED_LAYERS, RESIDUAL_ADDS, QuantAct, QuantAdd
 from dfq.quant.policy import QuantPolicy, graph_order, spec_for
 from dfq.quant.quantizer import Quantizer
 
@@ -19,6 +19,9 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def quantize(model: nn.Module, policy: QuantPolicy, example: torch.Tensor) -> nn.Module:
     """Return a deep copy of `model` with Conv2d/Linear (and activations, by placement) quantized.
+
+    With `policy.quantize_residual`, the outputs of residual additions (modules in RESIDUAL_ADDS) are
+    quantized at the activation width as well.
 
     `example` is one input batch; a forward pass over it gives the graph order of the layers.
     """
@@ -34,13 +37,25 @@ def quantize(model: nn.Module, policy: QuantPolicy, example: torch.Tensor) -> nn
         replacement = QUANTIZED_LAYERS[type(layer)].from_float(
             layer, spec_for(policy.weight, bits.w_bits), spec_for(policy.activation, input_bits)
         )
-        _set_module(student, name, replacement)
+        if name:
+            _set_module(student, name, replacement)
+        else:  # the model is itself a single conv/linear layer
+            student = replacement
     if activations_quantized:
-        for name, module in list(student.named_modules()):
-            spec = spec_for(policy.activation, policy.activation_bits(name))
-            if isinstance(module, ACTIVATIONS) and spec is not None:
-                _set_module(student, name, QuantAct(module, spec))
+        _quantize_outputs(student, policy, ACTIVATIONS, QuantAct)
+    if policy.quantize_residual:
+        _quantize_outputs(student, policy, RESIDUAL_ADDS, QuantAdd)
     return student
+
+
+def _quantize_outputs(
+    student: nn.Module, policy: QuantPolicy, kinds: tuple[type[nn.Module], ...], wrapper: type[nn.Module]
+) -> None:
+    """Wrap every module of the given kinds so that its output is fake-quantized at activation bits."""
+    for name, module in list(student.named_modules()):
+        spec = spec_for(policy.activation, policy.activation_bits(name))
+        if isinstance(module, kinds) and spec is not None:
+            _set_module(student, name, wrapper(module, spec))
 
 
 def quantizers(model: nn.Module) -> dict[str, Quantizer]:

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfq.quant.fake_quant import fake_quantize, integer_range, scale_gradient
-from dfq.quant.observers import make_observer
+from dfq.quant.fake_quant import IntegerGrid, fake_quantize, scale_gradient
+from dfq.quant.observers import OBSERVERS, known_options, make_observer
 
 UNQUANTIZED_BITS = 16  # 16 and 32 bits mean "leave in floating point"
 GRANULARITIES = ("per_tensor", "per_channel")
@@ -24,7 +24,13 @@ def valid_bits(bits: int) -> bool:
 
 @dataclass
 class QuantSpec:
-    """How one tensor is quantized. Each field varies independently of the others."""
+    """How one tensor is quantized. Each field varies independently of the others.
+
+    `learnable` trains the step size (LSQ, Esser et al., ICLR 2020); `learnable_clip` trains the
+    clipping bounds instead (PACT, Choi et al. 2018, generalized to a lower and an upper bound).
+    `integer_zero_point=False` lets asymmetric grids start exactly at the observed minimum (a real-valued
+    offset, as in float-offset fake-quantization codebases); integer deployment and ONNX need it True.
+    """
 
     bits: int = 8
     granularity: str = "per_tensor"
@@ -34,16 +40,31 @@ class QuantSpec:
     observer_options: dict[str, Any] = field(default_factory=dict)
     dynamic: bool = False  # re-derive the range from every input (weights during QAT)
     learnable: bool = False  # LSQ: the step size becomes a trained parameter
+    learnable_clip: bool = False  # PACT: the clipping range [low, high] becomes a trained parameter
+    integer_zero_point: bool = True  # False: real-valued offset (asymmetric grid from min exactly)
 
     def __post_init__(self) -> None:
         if not valid_bits(self.bits):
             raise ValueError(f"bits={self.bits} is out of range; valid: {VALID_BITS}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity={self.granularity!r} is invalid; valid: {list(GRANULARITIES)}")
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"observer={self.observer!r} is invalid; valid: {sorted(OBSERVERS)}")
+        unknown = sorted(set(self.observer_options) - known_options())
+        if unknown:
+            raise ValueError(f"observer_options.{unknown[0]} is unknown; valid: {sorted(known_options())}")
+        if self.learnable and self.learnable_clip:
+            raise ValueError("learnable=true and learnable_clip=true exclude each other; choose one")
+        if self.dynamic and (self.learnable or self.learnable_clip):
+            raise ValueError("dynamic=true re-derives the range every step; set it false to learn the range")
 
     @property
     def enabled(self) -> bool:
         return self.bits < UNQUANTIZED_BITS
+
+    @property
+    def grid(self) -> IntegerGrid:
+        return IntegerGrid(self.bits, self.symmetric, self.narrow_range, self.integer_zero_point)
 
     def with_bits(self, bits: int) -> QuantSpec:
         return replace(self, bits=bits)
@@ -52,32 +73,23 @@ class QuantSpec:
 def affine_parameters(
     low: torch.Tensor, high: torch.Tensor, spec: QuantSpec
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Scale, zero point and integer range covering [low, high] (widened to include 0).
-
-    Symmetric grids are signed with zero point 0, except when the range is non-negative (after a
-    ReLU), where an unsigned grid is exact and doubles the resolution.
-    """
-    low, high = torch.clamp(low, max=0.0), torch.clamp(high, min=0.0)
-    tiny = torch.finfo(torch.float32).eps
-    if spec.symmetric:
-        signed = bool((low < 0).any())
-        qmin, qmax = integer_range(spec.bits, signed, spec.narrow_range)
-        scale = torch.clamp(torch.maximum(-low, high) / qmax, min=tiny)
-        return scale, torch.zeros_like(scale), qmin, qmax
-    qmin, qmax = integer_range(spec.bits, False, spec.narrow_range)
-    scale = torch.clamp((high - low) / (qmax - qmin), min=tiny)
-    zero_point = torch.clamp(qmin - torch.round(low / scale), qmin, qmax)
-    return scale, zero_point, qmin, qmax
+    """Scale, zero point and integer range covering [low, high] on the spec's grid (see IntegerGrid)."""
+    return spec.grid.affine(low, high)
 
 
 class Quantizer(nn.Module):
-    """Fake-quantizes a tensor. Modes: pass-through while observing, then quantize with fixed ranges."""
+    """Fake-quantizes a tensor. Modes: pass-through while observing, then quantize with fixed ranges.
 
-    def __init__(self, spec: QuantSpec, channel_axis: int = 0) -> None:
+    `batched`: the first dimension is the batch (activations), so LSQ's gradient scale counts the
+    features of one sample, as in the paper; weights count all their values.
+    """
+
+    def __init__(self, spec: QuantSpec, channel_axis: int = 0, batched: bool = False) -> None:
         super().__init__()
         self.spec = spec
+        self.batched = batched
         self.channel_axis = channel_axis if spec.granularity == "per_channel" else None
-        self.observer = make_observer(spec.observer, self.channel_axis, **spec.observer_options)
+        self.observer = make_observer(spec.observer, self.channel_axis, spec.grid, **spec.observer_options)
         self.observing = False
         self.qmin, self.qmax = 0, 0
         self.register_buffer("scale", None)
@@ -92,7 +104,8 @@ class Quantizer(nn.Module):
     def calibrated(self) -> bool:
         return self.scale is not None
 
-    def _broadcast(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def broadcast(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`t` (a scalar, or one value per channel) shaped to broadcast against `x`."""
         if self.channel_axis is None:
             return t.reshape(())
         shape = [1] * x.dim()
@@ -102,16 +115,25 @@ class Quantizer(nn.Module):
     @torch.no_grad()
     def freeze(self) -> None:
         """Fix scale and zero point from what the observer saw (LSQ: the scale becomes learnable)."""
-        scale, zero_point, self.qmin, self.qmax = affine_parameters(*self.observer.range(), self.spec)
+        low, high = self.observer.range()
+        scale, zero_point, self.qmin, self.qmax = self.spec.grid.affine(low, high)
         self.zero_point = zero_point
-        if self.spec.learnable:
-            self.scale = nn.Parameter(scale)
-        else:
-            self.scale = scale
+        self.scale = nn.Parameter(scale) if self.spec.learnable else scale
+        if self.spec.learnable_clip:
+            self.clip_low = nn.Parameter(torch.clamp(low, max=0.0).clone())
+            self.clip_high = nn.Parameter(torch.clamp(high, min=0.0).clone())
         self.observer.reset()
 
     def observe(self, x: torch.Tensor) -> None:
         self.observer.update(x)
+
+    def parameters_now(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """The scale, zero point and integer range in use now (detached): what an export stores."""
+        if self.spec.learnable_clip:
+            with torch.no_grad():
+                scale, zero_point, self.qmin, self.qmax = self.spec.grid.affine(self.clip_low, self.clip_high)
+                self.scale, self.zero_point = scale, zero_point
+        return self.scale.detach(), self.zero_point.detach(), self.qmin, self.qmax
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.spec.enabled:
@@ -125,10 +147,26 @@ class Quantizer(nn.Module):
             self.freeze()
         if self.scale is None:
             raise RuntimeError("quantizer used before calibration: call dfq.quant.calibrate first")
+        if self.spec.learnable_clip:
+            return self._clipped(x)
         scale = self.scale
         if isinstance(scale, nn.Parameter):
-            per_scale = x.numel() // scale.numel()
+            features = x.numel() // (x.shape[0] if self.batched else 1)
+            per_scale = max(1, features // scale.numel())
             scale = scale_gradient(scale, 1.0 / math.sqrt(per_scale * max(self.qmax, 1)))
         return fake_quantize(
-            x, self._broadcast(scale, x), self._broadcast(self.zero_point, x), self.qmin, self.qmax
+            x, self.broadcast(scale, x), self.broadcast(self.zero_point, x), self.qmin, self.qmax
         )
+
+    def _clipped(self, x: torch.Tensor) -> torch.Tensor:
+        """PACT's estimator: clip to the learned [low, high], round straight through.
+
+        Gradients: 1 to `x` inside the range, 1 to `high` (`low`) from each value above (below) it.
+        """
+        scale, zero_point, qmin, qmax = self.parameters_now()
+        low, high = self.broadcast(self.clip_low, x), self.broadcast(self.clip_high, x)
+        clipped = torch.minimum(torch.maximum(x, low), high)
+        quantized = fake_quantize(
+            clipped.detach(), self.broadcast(scale, x), self.broadcast(zero_point, x), qmin, qmax
+        )
+        return clipped + (quantized - clipped).detach()

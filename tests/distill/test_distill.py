@@ -1,0 +1,123 @@
+"""Quantization-aware distillation: the loss, batch augmentation, mixup, hold-out selection, resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dfq.distill.distill import distill, held_out_kl, split_holdout
+from dfq.distill.module import FinetuneConfig, augment_batch, distillation_loss, mixup
+from dfq.quant.calibrate import calibrate
+from dfq.quant.policy import QuantPolicy
+from dfq.quant.prepare import quantize
+
+TRAINER = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
+
+
+def test_distillation_loss_hand_computed():
+    teacher = torch.tensor([[math.log(3.0), 0.0]])  # softmax (3/4, 1/4)
+    student = torch.tensor([[0.0, 0.0]])  # (1/2, 1/2)
+    expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert distillation_loss(student, teacher, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    # at T = 2 the teacher is (sqrt 3, 1) / (sqrt 3 + 1); the loss is scaled by T^2 = 4
+    p = math.sqrt(3) / (math.sqrt(3) + 1)
+    soft = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)
+    assert distillation_loss(student, teacher, 2.0).item() == pytest.approx(4 * soft, rel=1e-6)
+    assert distillation_loss(teacher, teacher, 3.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_batch_augmentation_makes_independent_copies():
+    torch.manual_seed(0)
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    y = torch.tensor([5, 7])
+    out, labels = augment_batch(x, y, copies=3, padding=1, flip=True)
+    assert out.shape == (6, 3, 4, 4) and labels.tolist() == [5, 7, 5, 7, 5, 7]
+    assert not torch.equal(out[0], out[2]) or not torch.equal(out[2], out[4])  # copies differ
+    same, none = augment_batch(x, None, copies=1, padding=0, flip=False)
+    assert torch.equal(same, x) and none is None
+
+
+def test_mixup_is_a_convex_combination_and_off_at_zero():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 4)
+    assert mixup(x, 0.0)[0] is x
+    mixed, perm, lam = mixup(x, 0.4)
+    assert 0.0 <= lam <= 1.0
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm])
+
+
+def test_holdout_split_is_disjoint_seeded_and_checked():
+    x, y = torch.arange(10.0), torch.arange(10)
+    (train_x, train_y), (held_x, held_y) = split_holdout((x, y), 0.3, seed=1)
+    assert len(held_x) == 3 and len(train_x) == 7
+    assert sorted(train_x.tolist() + held_x.tolist()) == x.tolist() and torch.equal(train_x, train_y.float())
+    assert split_holdout((x,), 0.0, 0)[1] is None
+    with pytest.raises(ValueError, match="finetune.holdout=1.0"):
+        FinetuneConfig(holdout=1.0)
+
+
+def setup(tiny_entry, w_bits: int = 3, count: int = 96) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(count, 3, 8, 8) * 0.7 + 0.3
+    teacher = tiny_entry.module
+    return teacher, calibrate(quantize(teacher, QuantPolicy(w_bits=w_bits, a_bits=4), x[:2]), x), x
+
+
+def test_the_distillation_loss_decreases(tiny_entry):
+    teacher, student, x = setup(tiny_entry)
+    loader = [(x,)]
+    before = held_out_kl(student, teacher, loader, 1.0)
+    config = FinetuneConfig(epochs=4, batch_size=32, lr=0.05, augment_copies=2, mixup=0.2, crop_padding=1)
+    distill(student, teacher, x, config, trainer_options=TRAINER)
+    after = held_out_kl(student, teacher, loader, 1.0)
+    assert after < 0.7 * before
+
+
+def test_holdout_selection_keeps_the_best_student_when_training_diverges(tiny_entry):
+    teacher, student, x = setup(tiny_entry)
+    config = FinetuneConfig(epochs=2, batch_size=32, lr=50.0, holdout=0.25)  # diverges
+    _, (held,) = split_holdout((x,), 0.25, config.seed)
+    before = held_out_kl(student, teacher, [(held,)], 1.0)
+    diverged = distill(copy.deepcopy(student), teacher, x, FinetuneConfig(epochs=2, batch_size=32, lr=50.0),
+                       trainer_options=TRAINER)  # fmt: skip
+    assert held_out_kl(diverged, teacher, [(held,)], 1.0) > before
+    selected = distill(student, teacher, x, config, trainer_options=TRAINER)
+    assert held_out_kl(selected, teacher, [(held,)], 1.0) <= before + 1e-6
+
+
+def test_checkpoints_are_written_and_a_rerun_resumes(tiny_entry, tmp_path):
+    teacher, student, x = setup(tiny_entry)
+    fresh = copy.deepcopy(student)
+    config = FinetuneConfig(epochs=2, batch_size=32, lr=0.05, holdout=0.25)
+    trained = distill(student, teacher, x, config, trainer_options=TRAINER, checkpoint_dir=tmp_path)
+    assert (tmp_path / "last.ckpt").is_file()
+    resumed = distill(fresh, teacher, x, config, trainer_options=TRAINER, checkpoint_dir=tmp_path)
+    for (name, a), b in zip(trained.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # nothing left to train: the checkpointed student comes back
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_student_batchnorm_frozen_or_updated(tiny_entry, freeze_bn):
+    teacher, student, x = setup(tiny_entry)
+    before = student.bn1.running_mean.clone()
+    distill(
+        student,
+        teacher,
+        x,
+        FinetuneConfig(epochs=1, batch_size=32, freeze_bn=freeze_bn),
+        trainer_options=TRAINER,
+    )
+    assert torch.equal(student.bn1.running_mean, before) == freeze_bn
+    assert torch.equal(teacher.bn1.running_mean, tiny_entry.module.bn1.running_mean)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("augment_copies", 0), ("mixup", -1.0), ("temperature", 0.0), ("epochs", -1)]
+)
+def test_invalid_finetune_values_name_the_key(key, value):
+    with pytest.raises(ValueError, match=f"finetune.{key}"):
+        FinetuneConfig(**{key: value})
