@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dfq.config import check_overrides, register_configs
-from dfq.errors import UserError
+from dfq.errors import RunFault, UserError
 
 register_configs()
 # Lightning's notes on our deliberate choices (frozen teacher in eval mode, few workers) are noise here.
@@ -18,10 +18,10 @@ for message in (".*module\\(s\\) in eval mode.*", ".*does not have many workers.
     warnings.filterwarnings("ignore", message=message)
 
 
-def fail(error: UserError) -> None:
-    """Report a user's mistake in one line and exit with status 2."""
+def fail(error: UserError | RunFault) -> None:
+    """Report a user's mistake (exit status 2) or a fault of the run (status 1) in one line."""
     print(f"dfq: error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(2 if isinstance(error, UserError) else 1)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -31,7 +31,7 @@ def run_job(cfg: DictConfig) -> float:
 
     try:
         metrics = run(cfg, HydraConfig.get().runtime.output_dir)
-    except UserError as error:
+    except (UserError, RunFault) as error:
         fail(error)
     return metrics["q_top1"]
 

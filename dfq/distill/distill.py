@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,28 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from dfq.distill.module import DistillationModule, FinetuneConfig, distillation_loss
+from dfq.faults import AtomicCheckpointIO, FiniteLossGuard, fit
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone: a run resumed at epoch k sees
+    the same order as an uninterrupted one (Lightning calls `set_epoch`)."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.count, self.seed, self.epoch = count, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.count, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.count
 
 
 def split_holdout(
@@ -64,8 +84,7 @@ def distill(
     loader = DataLoader(
         TensorDataset(*train),
         batch_size=config.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(config.seed),
+        sampler=EpochShuffle(len(train[0]), config.seed),
         drop_last=len(train[0]) > config.batch_size,
     )
     val_loader = None if holdout is None else DataLoader(TensorDataset(*holdout), batch_size=256)
@@ -73,9 +92,10 @@ def distill(
     if val_loader is not None:
         module.best_kl = held_out_kl(student, teacher, val_loader, config.temperature)
         module.best_state = {k: v.clone() for k, v in student.state_dict().items()}
-    callbacks, resume = [], None
+    callbacks, resume = [FiniteLossGuard("distillation", every=max(1, len(loader)))], None
     if checkpoint_dir is not None:
-        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0))
+        # save_top_k=1 without a monitor keeps the latest epoch; last.ckpt is what a rerun resumes from
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1))
         last = Path(checkpoint_dir) / "last.ckpt"
         resume = str(last) if config.resume and last.is_file() else None
     options = {"logger": False, "enable_progress_bar": False, **(trainer_options or {})}
@@ -85,12 +105,13 @@ def distill(
         callbacks=callbacks,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=max(1, math.ceil(len(loader) / 2)),
         **options,
     )
     with warnings.catch_warnings():  # without a hold-out split, skipping validation is intended
         warnings.filterwarnings("ignore", message=".*validation_step.*no `val_dataloader`.*")
-        trainer.fit(module, loader, val_loader, ckpt_path=resume)
+        fit(trainer, "distillation", module, loader, val_loader, ckpt_path=resume)
     if module.best_state is not None:
         student.load_state_dict(module.best_state)
     student.eval()

@@ -131,6 +131,11 @@ class DistillationModule(pl.LightningModule):
         """Lightning keeps submodules in the mode it finds them (a calibrated student is in eval mode)."""
         self.train()
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed augmentation and mixup from the step number, so a resumed run draws what an
+        uninterrupted one would have drawn."""
+        torch.manual_seed(self.config.seed * 1_000_003 + self.global_step)
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         c = self.config
         labels = batch[1] if len(batch) > 1 else None

@@ -1,0 +1,82 @@
+"""Faults lose no work: non-finite losses stop with the step named, interrupted runs resume exactly,
+and checkpoints are never half-written."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfq.distill.distill import distill
+from dfq.distill.module import FinetuneConfig
+from dfq.faults import AtomicCheckpointIO, NonFiniteLossError
+from dfq.quant.calibrate import calibrate
+from dfq.quant.policy import QuantPolicy
+from dfq.quant.prepare import quantize
+
+JOBS = Path(__file__).parent / "fault_jobs.py"
+TRAINER = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
+
+
+def test_nan_in_distillation_stops_at_the_step_it_appears(tiny_entry):
+    x = torch.randn(64, 3, 8, 8)
+    student = calibrate(quantize(tiny_entry.module, QuantPolicy(), x[:2]), x)
+    with torch.no_grad():
+        student.fc.bias[0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"distillation: the loss became non-finite at step 0"):
+        distill(
+            student, tiny_entry.module, x, FinetuneConfig(epochs=2, batch_size=32), trainer_options=TRAINER
+        )
+
+
+def test_checkpoints_are_written_atomically(tmp_path: Path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, target)
+    assert torch.load(target)["step"] == 1
+
+    def crash(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2}, target)
+    assert torch.load(target)["step"] == 1  # the old checkpoint is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary left behind
+
+
+def run_job(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(JOBS), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_distillation_resumes_to_the_uninterrupted_result(tmp_path: Path, signum: int):
+    reference = run_job("distill", str(tmp_path / "ref_ckpt"), str(tmp_path / "reference.pt"))
+    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-2000:]
+
+    checkpoints = tmp_path / "ckpt"
+    job = run_job("distill", str(checkpoints), str(tmp_path / "resumed.pt"))
+    deadline = time.time() + 120
+    while not (checkpoints / "last.ckpt").exists() and time.time() < deadline and job.poll() is None:
+        time.sleep(0.01)
+    job.send_signal(signum)
+    job.wait(timeout=120)
+    assert not (tmp_path / "resumed.pt").exists(), "the job finished before the signal: make it longer"
+    assert (checkpoints / "last.ckpt").is_file()
+    torch.load(checkpoints / "last.ckpt", weights_only=False)  # intact, loadable
+
+    again = run_job("distill", str(checkpoints), str(tmp_path / "resumed.pt"))
+    assert again.wait(timeout=300) == 0, again.stderr.read().decode()[-2000:]
+    expected, resumed = torch.load(tmp_path / "reference.pt"), torch.load(tmp_path / "resumed.pt")
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
