@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from dfq.distill.module import FinetuneConfig
 from dfq.errors import UserError
@@ -49,10 +50,14 @@ class ModelConfig:
 
 @dataclass
 class CalibrateConfig:
-    """Post-training calibration: how many samples the observers see, in which batch size."""
+    """Post-training calibration: how many samples the observers see, in which batch size, and the
+    optional corrections (BN folding into a copy, BN re-estimation, bias correction)."""
 
     num_samples: int | None = None  # None: every sample the generator made
     batch_size: int = 128
+    fold_bn: bool = False  # fold BN into the preceding conv before quantizing (and before QAT)
+    bn_reestimate: bool = False  # recompute the student's BN statistics on the samples
+    bias_correction: bool = False  # subtract the weights' expected quantization error (Nagel et al. 2019)
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or (self.num_samples is not None and self.num_samples <= 0):
@@ -72,6 +77,9 @@ class PathsConfig:
     output_dir: str = MISSING
     cache_dir: str = MISSING
     shared_dir: str = MISSING
+    # Sample sets, keyed by model and recipe, shared by every run (a sweep over bits synthesizes once);
+    # None keeps them in each run directory.
+    sample_cache: str | None = None
 
 
 @dataclass
@@ -94,15 +102,52 @@ class RunConfig:
     seed: int = 0
 
 
+@dataclass
+class SynthesizeConfig:
+    """The schema of `dfq.synthesize` (`conf/synthesize.yaml`): one teacher, one recipe, one file."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: Any = None  # for a teacher trained on first use, and the `real` source
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    logger: Any = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    out: str = MISSING  # the sample set file; its batches are kept in `<out>.parts/` until it is done
+    grid: bool = True  # also write `<out>` with suffix .png: a grid of the samples
+    task_name: str = "synthesize"
+
+
+@dataclass
+class SimilarityConfig:
+    """The schema of `dfq.similarity` (`conf/similarity.yaml`): one teacher, one data set to score."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: Any = None
+    split: str = "train"  # a split of `dataset`, or `gaussian` for N(0, 1) noise in normalized space
+    num_samples: int | None = None  # the first N of the split (None: all; gaussian: 256)
+    batch_size: int = 256
+    seed: int = 0
+    out: str | None = None  # a JSON file for the score and its per-layer breakdown
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "similarity"
+
+
 def register_configs() -> None:
-    """Make the schema available to `conf/config.yaml` as `dfq_schema`."""
-    ConfigStore.instance().store(name="dfq_schema", node=RunConfig)
+    """Make the schemas available to the primary configs: `dfq_schema` (config.yaml),
+    `dfq_synthesize_schema` (synthesize.yaml), `dfq_similarity_schema` (similarity.yaml)."""
+    store = ConfigStore.instance()
+    store.store(name="dfq_schema", node=RunConfig)
+    store.store(name="dfq_synthesize_schema", node=SynthesizeConfig)
+    store.store(name="dfq_similarity_schema", node=SimilarityConfig)
 
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Build the typed config; each group's own checks name the key and the valid values."""
     try:
         return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as error:  # a `???` left in the config (model=torchvision, model=custom)
+        key = error.full_key
+        raise ConfigError(f"{key} must be set (e.g. {key}=...) for this choice") from error
     except ValueError as error:  # raised by the dataclasses' __post_init__ checks
         raise ConfigError(str(error)) from error
 
@@ -131,7 +176,7 @@ def check_key(path: str, schema: type = RunConfig) -> None:
         node = fields[part]
 
 
-def check_overrides(arguments: list[str]) -> None:
+def check_overrides(arguments: list[str], schema: type = RunConfig) -> None:
     """Check the keys of command-line overrides against the schema before Hydra starts any work."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
@@ -140,4 +185,4 @@ def check_overrides(arguments: list[str]) -> None:
     for override in OverridesParser.create().parse_overrides(candidates):
         key = override.key_or_group
         if override.type == OverrideType.CHANGE and "." in key and not key.startswith("hydra."):
-            check_key(key)
+            check_key(key, schema)

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,18 +18,22 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import Subset, TensorDataset, default_collate
 
 from dfq.config import CalibrateConfig, RunConfig, validate
+from dfq.dashboard import log_final
 from dfq.data.source import DataSource
+from dfq.data.synthetic import read_samples
 from dfq.distill.distill import distill
 from dfq.distill.module import FinetuneConfig
 from dfq.evaluate import top1
 from dfq.models.load import ModelEntry, build_model, normalization_from
+from dfq.quant.bn import fold_batchnorm
 from dfq.quant.calibrate import calibrate
+from dfq.quant.export import export_quantized
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.prepare import quantize
-from dfq.record import record, save_grid
+from dfq.record import log_sample_grid, record, save_grid
 from dfq.synthesis.generators import GeneratorConfig
 from dfq.synthesis.store import SampleSet
 from dfq.synthesize import sample_metadata, synthesize
@@ -50,11 +57,42 @@ def load_teacher(model_cfg: DictConfig, data: DataSource) -> ModelEntry:
 def draw_real(teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource) -> SampleSet:
     """`recipe.num_samples` images drawn at random (seeded) from the real training split."""
     train = data.split("train", teacher.normalization)
-    x, y = train.tensors
-    if recipe.num_samples > len(x):
-        raise ValueError(f"generator.num_samples={recipe.num_samples} exceeds the {len(x)} training images")
-    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(recipe.seed))[: recipe.num_samples]
-    return SampleSet(x[pick].clone(), y[pick].clone(), sample_metadata(teacher, recipe))
+    count = len(train)
+    if recipe.num_samples > count:
+        raise ValueError(f"generator.num_samples={recipe.num_samples} exceeds the {count} training images")
+    pick = torch.randperm(count, generator=torch.Generator().manual_seed(recipe.seed))[: recipe.num_samples]
+    if isinstance(train, TensorDataset):
+        x, y = (tensor[pick].clone() for tensor in train.tensors)
+    else:  # a lazily decoded set (image folders): decode only the picked images
+        x, y = default_collate([train[int(i)] for i in pick])
+    return SampleSet(x, y, sample_metadata(teacher, recipe))
+
+
+def real_source(teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options) -> SampleSet:
+    """Real training images (`source: real`), saved to `path` when given."""
+    samples = draw_real(teacher, recipe, data)
+    if path:
+        samples.save(path)
+    return samples
+
+
+def saved_source(teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options) -> SampleSet:
+    """A set saved earlier (`source: saved`, `generator.path`), checked to fit the teacher; the part
+    used is written to `path` when given, like every source's samples."""
+    samples = read_samples(recipe.path, teacher.normalization, teacher.name, recipe.num_samples)
+    if path and Path(path).resolve() != Path(recipe.path).resolve():
+        samples.save(path)
+    return samples
+
+
+def synthesis_source(
+    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options
+) -> SampleSet:
+    """Inputs optimized against the teacher (`source: synthesis`), resumable through `path`."""
+    return synthesize(teacher, recipe, path, options)
+
+
+SAMPLE_SOURCES = {"synthesis": synthesis_source, "real": real_source, "saved": saved_source}
 
 
 def make_samples(
@@ -64,13 +102,9 @@ def make_samples(
     path: str | Path | None = None,
     trainer_options: dict[str, Any] | None = None,
 ) -> SampleSet:
-    """Samples from the recipe's source: synthesized from the teacher, or real training images."""
-    if recipe.source == "real":
-        samples = draw_real(teacher, recipe, data)
-        if path:
-            samples.save(path)
-        return samples
-    return synthesize(teacher, recipe, path, trainer_options)
+    """Samples from the recipe's source (a `SAMPLE_SOURCES` entry): synthesized from the teacher,
+    real training images, or a saved set."""
+    return SAMPLE_SOURCES[recipe.source](teacher, recipe, data, path, trainer_options)
 
 
 def compress(
@@ -81,8 +115,11 @@ def compress(
 ) -> nn.Module:
     """Quantized copy of `teacher`, calibrated on (the first `calibration.num_samples` of) `samples`."""
     x = samples.x[: calibration.num_samples] if calibration.num_samples else samples.x
-    student = quantize(teacher, policy, x[:2])
-    return calibrate(student, x, calibration.batch_size)
+    base = fold_batchnorm(teacher) if calibration.fold_bn else teacher  # a copy: the teacher keeps its BN
+    student = quantize(base, policy, x[:2])
+    return calibrate(
+        student, x, calibration.batch_size, calibration.bn_reestimate, calibration.bias_correction
+    )
 
 
 def limit(dataset: TensorDataset, max_samples: int | None) -> TensorDataset | Subset:
@@ -96,15 +133,23 @@ def evaluate_source(
     config: RunConfig,
     test: Any,
     trainer_options: dict[str, Any],
+    out_dir: Path | None = None,
 ) -> dict[str, float]:
-    """Calibrate and (optionally) distill a student on `samples`; its test accuracy after each."""
+    """Calibrate and (optionally) distill a student on `samples`; its test accuracy after each.
+
+    With `out_dir`: distillation checkpoints in `out_dir/checkpoints` (a rerun resumes), and the final
+    student exported to `out_dir/quantized.pt` + `.json` (`python -m dfq.evaluate` reads it).
+    """
     student = compress(teacher.module, samples, config.quant, config.calibrate)
     result = {"ptq_top1": top1(student, test, config.evaluate.batch_size)}
     finetune: FinetuneConfig = config.finetune
     if finetune.enabled and finetune.epochs > 0:
         labels = samples.y if finetune.label_weight else None
-        distill(student, teacher.module, samples.x, finetune, labels, trainer_options)
+        checkpoints = out_dir / "checkpoints" if out_dir else None
+        distill(student, teacher.module, samples.x, finetune, labels, trainer_options, checkpoints)
         result["qat_top1"] = top1(student, test, config.evaluate.batch_size)
+    if out_dir:
+        export_quantized(student, out_dir / "quantized.pt", {"model": teacher.name})
     return result
 
 
@@ -129,6 +174,16 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
     return {"logger": logger, "enable_progress_bar": False, **cfg.trainer}
 
 
+def sample_path(config: RunConfig, teacher: ModelEntry, recipe: GeneratorConfig, run_dir: Path) -> Path:
+    """Where a source's samples live: in the shared cache under a digest of model and recipe (so runs
+    that differ only in quantization reuse them), or in the run directory when caching is off."""
+    if not config.paths.sample_cache:
+        return run_dir / "samples" / f"{recipe.name}.pt"
+    key = json.dumps([teacher.name, dataclasses.asdict(recipe)], sort_keys=True, default=str)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return Path(config.paths.sample_cache) / teacher.name / f"{recipe.name}-{digest}.pt"
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """The whole pipeline for a composed config; writes artefacts into `run_dir`, returns metrics."""
     start = time.time()
@@ -143,9 +198,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     results = {}
     for name, recipe in sources.items():
         log.info("data source %s: %d samples from %s", name, recipe.num_samples, recipe.source)
-        samples = make_samples(teacher, recipe, data, run_dir / "samples" / f"{name}.pt", options)
+        samples = make_samples(teacher, recipe, data, sample_path(config, teacher, recipe, run_dir), options)
         save_grid(samples, teacher.normalization, run_dir / f"samples_{name}.png")
-        results[name] = evaluate_source(teacher, samples, config, test, options)
+        log_sample_grid(options.get("logger"), samples, teacher.normalization, f"samples/{name}")
+        results[name] = evaluate_source(teacher, samples, config, test, options, run_dir / "students" / name)
     main = results[config.generator.name]
     metrics = {
         "model": teacher.name,
@@ -162,5 +218,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "wall_time_s": round(time.time() - start, 1),
     }
     record(run_dir, metrics, cfg)
+    log_final(options["logger"], metrics, cfg)
     print(format_table(metrics), flush=True)
     return metrics

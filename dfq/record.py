@@ -38,6 +38,19 @@ def save_grid(samples: SampleSet, normalization: Normalization, path: str | Path
         save_image(grid, tmp, format="png")
 
 
+def log_sample_grid(logger: Any, samples: SampleSet, normalization: Normalization, key: str) -> bool:
+    """Log `sample_grid` as an image when the logger is a WandbLogger (others have no image API
+    in common); returns whether it was logged."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return False
+    grid = sample_grid(samples, normalization)
+    pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    logger.log_image(key=key, images=[pixels], caption=[f"{len(samples)} samples"])
+    return True
+
+
 def record(run_dir: str | Path, metrics: dict[str, Any], cfg: DictConfig) -> None:
     """Write metrics.json and config.yaml (resolved) into `run_dir`."""
     run_dir = Path(run_dir)

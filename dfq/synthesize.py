@@ -1,23 +1,37 @@
-"""Synthesize a data set from a teacher (Python API), batch by batch, resumable."""
+"""Synthesize a data set from a teacher: Python API (`synthesize`) and command line (`dfq-synthesize`,
+`python -m dfq.synthesize model=resnet20 generator=bn_stats out=samples.pt`).
+
+Work is done batch by batch; each finished batch is written beside the output, so an interrupted
+run resumes where it stopped, and the result is one file written atomically.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import shutil
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
+import hydra
 import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 import dfq
+from dfq.errors import UserError
 from dfq.models.load import ModelEntry
 from dfq.synthesis.generators import LABELS, GeneratorConfig
 from dfq.synthesis.module import SynthesisModule
 from dfq.synthesis.store import SampleSet, git_revision
 
 log = logging.getLogger(__name__)
+
+# Recipe fields that do not change the samples of a batch: a part made under other values is reused.
+RESUME_IGNORED = ("num_samples", "log_every")
 
 
 def batch_sizes(total: int, batch_size: int) -> list[int]:
@@ -39,6 +53,25 @@ def sample_metadata(teacher: ModelEntry, recipe: GeneratorConfig) -> dict[str, A
     }
 
 
+def same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two metadata records describe the same samples (versions and bookkeeping aside)."""
+
+    def identity(meta: dict[str, Any]) -> tuple:
+        recipe = {k: v for k, v in meta.get("recipe", {}).items() if k not in RESUME_IGNORED}
+        return meta.get("model"), recipe, meta.get("normalization")
+
+    return identity(a) == identity(b)
+
+
+def batch_labels(recipe: GeneratorConfig, teacher: ModelEntry, index: int, size: int, seed: int):
+    """Target labels of batch `index` (None for a label-free recipe), reproducible from the seed."""
+    make_labels = LABELS[recipe.labels]
+    if make_labels is None:
+        return None
+    classes = recipe.target_classes(teacher.normalization.num_classes)
+    return make_labels(size, classes, index * recipe.batch_size, torch.Generator().manual_seed(seed + 1))
+
+
 def synthesize_batch(
     teacher: ModelEntry,
     recipe: GeneratorConfig,
@@ -47,24 +80,37 @@ def synthesize_batch(
     trainer_options: dict[str, Any],
 ) -> SampleSet:
     """Optimize batch number `index` (seeded from the recipe's seed and the index) and return it."""
-    make_labels = LABELS[recipe.labels]
-    offset = index * recipe.batch_size
-    labels = make_labels(size, teacher.normalization.num_classes, offset) if make_labels else None
     seed = recipe.seed * 1_000_003 + index
-    module = SynthesisModule(teacher.module, teacher.normalization, recipe, size, labels, seed, teacher.name)
+    labels = batch_labels(recipe, teacher, index, size, seed)
+    module = SynthesisModule(
+        teacher.module, teacher.normalization, recipe, size, labels, seed, teacher.name, batch_index=index
+    )
     if recipe.iterations > 0:
         trainer = pl.Trainer(
             max_epochs=1,
             limit_train_batches=recipe.iterations,
-            log_every_n_steps=max(1, recipe.log_every),
+            log_every_n_steps=max(1, recipe.log_every),  # the module logs its own metrics itself
             enable_checkpointing=False,
             enable_model_summary=False,
             **trainer_options,
         )
         steps = DataLoader(range(recipe.iterations), batch_size=1)
         trainer.fit(module, steps)
+        if trainer.global_step < recipe.iterations:  # stopped early: never store it as a finished batch
+            raise RuntimeError(
+                f"batch {index} stopped after {trainer.global_step} of {recipe.iterations} iterations; "
+                "rerun the same command to resume"
+            )
     x = module.inputs.detach().cpu().clone()
     return SampleSet(x, None if labels is None else labels.clone())
+
+
+def finished_part(part_path: Path | None, meta: dict[str, Any], size: int) -> SampleSet | None:
+    """A batch written by an earlier, interrupted run of the same recipe, if there is one."""
+    if part_path is None or not part_path.is_file():
+        return None
+    part = SampleSet.load(part_path)
+    return part if same_recipe(part.meta, meta) and len(part) == size else None
 
 
 def synthesize(
@@ -74,33 +120,99 @@ def synthesize(
     trainer_options: dict[str, Any] | None = None,
 ) -> SampleSet:
     """Produce `recipe.num_samples` samples; with `path`, write each finished batch beside it and
-    skip finished batches on a rerun, then write the whole set to `path` atomically."""
+    skip finished batches on a rerun, then write the whole set to `path` atomically.
+
+    A complete file already at `path` from the same recipe is returned as it is.
+    """
     trainer_options = {"logger": False, "enable_progress_bar": False, **(trainer_options or {})}
     meta = sample_metadata(teacher, recipe)
+    if path and Path(path).is_file():
+        existing = SampleSet.load(path)
+        if same_recipe(existing.meta, meta) and len(existing) == recipe.num_samples:
+            log.info("reusing the finished sample set %s", path)
+            return existing
     parts_dir = Path(f"{path}.parts") if path else None
     parts = []
     sizes = batch_sizes(recipe.num_samples, recipe.batch_size)
     for index, size in enumerate(sizes):
         part_path = parts_dir / f"batch_{index:05d}.pt" if parts_dir else None
-        if part_path and part_path.is_file():
-            part = SampleSet.load(part_path)
-            if part.meta == meta and len(part) == size:
-                parts.append(part)
-                continue
-        log.info(
-            "synthesizing batch %d/%d (%d samples, %d iterations)",
-            index + 1,
-            len(sizes),
-            size,
-            recipe.iterations,
-        )
-        part = synthesize_batch(teacher, recipe, index, size, trainer_options)
-        part.meta = meta
-        if part_path:
-            part.save(part_path)
+        part = finished_part(part_path, meta, size)
+        if part is None:
+            log.info("synthesizing batch %d/%d (%d samples, %d iterations)", index + 1, len(sizes), size,
+                     recipe.iterations)  # fmt: skip
+            part = synthesize_batch(teacher, recipe, index, size, trainer_options)
+            part.meta = meta
+            if part_path:
+                part.save(part_path)
         parts.append(part)
     samples = SampleSet.concatenate(parts, meta)
     if path:
         samples.save(path)
         shutil.rmtree(parts_dir, ignore_errors=True)
     return samples
+
+
+def default_logger_name(cfg: DictConfig) -> None:
+    """Give the logger a name of its own when its configured name refers to keys this entry lacks
+    (the run's wandb name mentions quantization bits)."""
+    if cfg.get("logger") and "name" in cfg.logger:
+        name = OmegaConf.select(cfg, "logger.name", throw_on_resolution_failure=False)
+        if name is None:
+            cfg.logger.name = f"synthesize-{cfg.model.name}-{cfg.generator.name}"
+
+
+def synthesize_from_config(cfg: DictConfig) -> SampleSet:
+    """The command line's work: build the teacher, make (or resume) the set, write file and grid."""
+    from dfq.config import validate
+    from dfq.pipeline import load_teacher, make_samples, trainer_options
+    from dfq.record import log_sample_grid, save_grid
+
+    default_logger_name(cfg)
+    config = validate(cfg)
+    data = hydra.utils.instantiate(cfg.dataset) if cfg.get("dataset") else None
+    teacher = load_teacher(cfg.model, data)
+    options = trainer_options(cfg)
+    out = Path(config.out)
+    samples = make_samples(teacher, config.generator, data, out, options)
+    if config.grid:
+        save_grid(samples, teacher.normalization, out.with_suffix(".png"))
+        log_sample_grid(
+            options.get("logger"), samples, teacher.normalization, f"samples/{config.generator.name}"
+        )
+    labels = "with labels" if samples.y is not None else "without labels"
+    print(
+        f"dfq-synthesize: wrote {out}: {len(samples)} samples {tuple(samples.x.shape[1:])} {labels}",
+        flush=True,
+    )
+    return samples
+
+
+def main() -> None:
+    """`dfq-synthesize` / `python -m dfq.synthesize`: check override keys, compose, synthesize; a
+    user error ends with one line and exit status 2."""
+    from dfq.config import SynthesizeConfig, check_overrides, register_configs
+
+    register_configs()
+    for message in (".*module\\(s\\) in eval mode.*", ".*does not have many workers.*", ".*LeafSpec.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+    def fail(error: UserError) -> None:
+        print(f"dfq-synthesize: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="synthesize")
+    def job(cfg: DictConfig) -> None:
+        try:
+            synthesize_from_config(cfg)
+        except UserError as error:
+            fail(error)
+
+    try:
+        check_overrides(sys.argv[1:], SynthesizeConfig)
+    except UserError as error:
+        fail(error)
+    job()
+
+
+if __name__ == "__main__":
+    main()

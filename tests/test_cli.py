@@ -42,7 +42,7 @@ def test_multirun_over_two_generators(tmp_path: Path):
         assert 0.0 <= m["q_top1"] <= 100.0 and m["fp_top1"] > 50.0
         assert (job.parent / "config.yaml").is_file()
         assert (job.parent / f"samples_{m['generator']}.png").stat().st_size > 0
-        assert (job.parent / "samples" / f"{m['generator']}.pt").is_file()
+        assert list((tmp_path / "cache" / "samples").rglob(f"{m['generator']}-*.pt"))  # shared sample cache
     assert "W4A4 calibrated" in result.stdout
 
 

@@ -7,52 +7,136 @@ recipe against them before any work starts.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any
 
 import torch
 
-from dfq.synthesis.losses import BN_LOSSES, LOSS_NAMES
+from dfq.errors import UserError
+from dfq.synthesis.losses import BN_LOSSES, LOSS_NAMES, PER_SAMPLE_BN_LOSSES
 
-SOURCES = ("synthesis", "real")
-
-
-def balanced_labels(count: int, num_classes: int, offset: int = 0) -> torch.Tensor:
-    """Labels cycling through the classes: every class equally often (up to one)."""
-    return (torch.arange(count) + offset) % num_classes
+# Where a data source's samples come from; `dfq.pipeline.SAMPLE_SOURCES` maps each name to its loader.
+SOURCES = ("synthesis", "real", "saved")
 
 
-LABELS: dict[str, Callable[[int, int, int], torch.Tensor] | None] = {
+class GeneratorError(UserError):
+    """A recipe does not fit the model it is used with (channels, classes)."""
+
+
+def balanced_labels(
+    count: int, classes: torch.Tensor, offset: int = 0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Labels cycling through `classes`: every class equally often (up to one)."""
+    return classes[(torch.arange(count) + offset) % len(classes)]
+
+
+def random_labels(
+    count: int, classes: torch.Tensor, offset: int = 0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Labels drawn uniformly (seeded) from `classes` (DeepInversion's `random_label`)."""
+    return classes[torch.randint(len(classes), (count,), generator=generator)]
+
+
+LabelFunction = Callable[[int, torch.Tensor, int, torch.Generator | None], torch.Tensor]
+LABELS: dict[str, LabelFunction | None] = {
     "none": None,
     "balanced": balanced_labels,
+    "random": random_labels,
+}
+
+
+def gaussian_init(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise (scaled and shifted per channel by the recipe)."""
+    return torch.randn(tuple(shape), generator=generator)
+
+
+def uniform_init(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """Uniform noise with zero mean and unit variance, U(-sqrt 3, sqrt 3) (ZeroQ starts from uniform)."""
+    return (torch.rand(tuple(shape), generator=generator) * 2 - 1) * math.sqrt(3.0)
+
+
+INITS: dict[str, Callable[[Sequence[int], torch.Generator], torch.Tensor]] = {
+    "gaussian": gaussian_init,
+    "uniform": uniform_init,
 }
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    # betas (0.5, 0.9): DeepInversion's ImageNet setting, fast to react on a changing objective
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9)),
+    # PyTorch's defaults (0.9, 0.999), as in ZeroQ and DeepInversion's CIFAR-10 script
+    "adam_default": lambda params, lr: torch.optim.Adam(params, lr=lr),
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
 }
-SCHEDULES: dict[str, Callable[[int], Callable[[int], float]]] = {
-    "constant": lambda total: lambda step: 1.0,
-    "cosine": lambda total: lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1))),
+
+
+def lambda_schedule(factor: Callable[[int], Callable[[int], float]]) -> Callable[..., dict[str, Any]]:
+    """A Lightning scheduler entry stepping every iteration with lr = base lr x factor(total)(step)."""
+
+    def make(optimizer: torch.optim.Optimizer, total: int) -> dict[str, Any]:
+        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor(total)), "interval": "step"}
+
+    return make
+
+
+def plateau_schedule(optimizer: torch.optim.Optimizer, total: int) -> dict[str, Any]:
+    """ZeroQ's schedule: lr x 0.1 after 100 steps without improvement of the loss, down to 1e-4."""
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=100, min_lr=1e-4)
+    return {"scheduler": scheduler, "interval": "step", "monitor": STEP_LOSS}
+
+
+STEP_LOSS = "synthesis/step_loss"  # logged every step (not to the logger) for loss-driven schedules
+SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], dict[str, Any]]] = {
+    "constant": lambda_schedule(lambda total: lambda step: 1.0),
+    "cosine": lambda_schedule(
+        lambda total: lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    ),
+    "plateau": plateau_schedule,
 }
+LAYER_WEIGHTINGS: dict[str, Callable[[int], torch.Tensor]] = {
+    "uniform": lambda count: torch.ones(count),  # sum over layers (BNS, DeepInversion, ZeroQ)
+    "mean": lambda count: torch.full((count,), 1.0 / max(count, 1)),  # average: depth-independent scale
+}
+
+
+DEFAULT_LOSSES = {"bn_kl": 1.0}
+
+
+def _per_channel(value: Any) -> bool:
+    """A number, or a non-empty list of numbers (one per input channel)."""
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(_per_channel(v) for v in value)
+
+
+def _non_negative(value: Any) -> bool:
+    return all(v >= 0 for v in (value if isinstance(value, (list, tuple)) else [value]))
 
 
 @dataclass
 class GeneratorConfig:
-    """One synthesis recipe. `source=real` means: take real training images instead (the reference)."""
+    """One recipe for a data source. `source`: `synthesis` optimizes inputs against the teacher,
+    `real` draws from the data set's training split, `saved` reads a sample set file at `path`."""
 
     name: str = "bn_stats"
     source: str = "synthesis"
+    path: str | None = None  # source=saved: a file written by dfq.synthesize
     num_samples: int = 256
     batch_size: int = 128
     iterations: int = 500
     lr: float = 0.1
     optimizer: str = "adam"
     schedule: str = "cosine"
-    losses: dict[str, float] = field(default_factory=lambda: {"bn_kl": 1.0})
+    # None: BNS alone ({bn_kl: 1}). Not a dict default: Hydra merges a YAML dict into a default dict
+    # key by key, so a recipe could never drop a default term.
+    losses: dict[str, float] | None = None
+    layer_weighting: str = "uniform"
     first_bn_multiplier: float = 1.0
     labels: str = "none"
-    init_mean: float = 0.0
-    init_std: float = 1.0
+    classes: list[int] | None = None  # target classes the labels cycle over (None: all)
+    init: str = "gaussian"
+    init_mean: Any = 0.0  # a number, or one per input channel (normalized space)
+    init_std: Any = 1.0  # likewise
     jitter: int = 0
     flip: bool = False
     blur_sigma: float = 0.0
@@ -68,14 +152,64 @@ class GeneratorConfig:
             "optimizer": (self.optimizer in OPTIMIZERS, f"one of {sorted(OPTIMIZERS)}"),
             "schedule": (self.schedule in SCHEDULES, f"one of {sorted(SCHEDULES)}"),
             "labels": (self.labels in LABELS, f"one of {sorted(LABELS)}"),
-            "losses": (set(self.losses) <= set(LOSS_NAMES), f"names from {LOSS_NAMES}"),
+            "classes": (
+                self.classes is None or (len(self.classes) > 0 and min(self.classes) >= 0),
+                "null or a non-empty list of class indices",
+            ),
+            "init": (self.init in INITS, f"one of {sorted(INITS)}"),
+            "init_mean": (_per_channel(self.init_mean), "a number or a list with one per channel"),
+            "init_std": (
+                _per_channel(self.init_std) and _non_negative(self.init_std),
+                "a non-negative number or a list with one per channel",
+            ),
+            "layer_weighting": (
+                self.layer_weighting in LAYER_WEIGHTINGS,
+                f"one of {sorted(LAYER_WEIGHTINGS)}",
+            ),
+            "losses": (set(self.loss_weights) <= set(LOSS_NAMES), f"names from {LOSS_NAMES}"),
+            "jitter": (self.jitter >= 0, "zero or more pixels"),
+            "blur_sigma": (self.blur_sigma >= 0, "zero (off) or a positive width in pixels"),
         }
         for key, (ok, valid) in checks.items():
             if not ok:
                 raise ValueError(f"generator.{key}={getattr(self, key)!r} is invalid; expected {valid}")
-        if "cross_entropy" in self.losses and self.labels == "none":
-            raise ValueError("generator.losses has cross_entropy, which needs generator.labels=balanced")
+        if self.loss_weights.get("cross_entropy") and self.labels == "none":
+            raise ValueError(
+                "generator.losses has cross_entropy, which needs generator.labels=balanced or random"
+            )
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """`losses`, or BNS alone when it is None (left unset)."""
+        return dict(DEFAULT_LOSSES) if self.losses is None else dict(self.losses)
+
+    @property
+    def active_losses(self) -> dict[str, float]:
+        """The loss terms with a non-zero weight."""
+        return {name: weight for name, weight in self.loss_weights.items() if weight}
 
     @property
     def uses_batchnorm(self) -> bool:
-        return any(name in BN_LOSSES for name, weight in self.losses.items() if weight)
+        return any(name in BN_LOSSES for name in self.active_losses)
+
+    @property
+    def uses_sample_statistics(self) -> bool:
+        return any(name in PER_SAMPLE_BN_LOSSES for name in self.active_losses)
+
+    def channel_values(self, value: Any, channels: int, key: str) -> torch.Tensor:
+        """`init_mean`/`init_std` as a (1, C, 1, 1) tensor for a model with `channels` input channels."""
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(values) not in (1, channels):
+            raise GeneratorError(
+                f"generator.{key}={value!r} has {len(values)} values; the model takes {channels} channels"
+            )
+        return torch.tensor(values, dtype=torch.float32).expand(channels).reshape(1, channels, 1, 1)
+
+    def target_classes(self, num_classes: int) -> torch.Tensor:
+        """The classes labels are drawn from, checked against the model's class count."""
+        classes = list(range(num_classes)) if self.classes is None else list(self.classes)
+        if max(classes) >= num_classes:
+            raise GeneratorError(
+                f"generator.classes={self.classes} reaches past the model's {num_classes} classes"
+            )
+        return torch.tensor(classes, dtype=torch.long)

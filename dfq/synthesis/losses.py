@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dfq.synthesis.bn_stats import LayerStatistics
+from dfq.synthesis.bn_stats import LayerStatistics, per_sample_statistics
+
+INPUT_EPS = 1e-6  # ZeroQ's epsilon under the input's standard deviation
 
 
 @dataclass
@@ -43,7 +45,8 @@ def bn_kl_divergence(layer: LayerStatistics) -> torch.Tensor:
 
 
 def bn_l2_distance(layer: LayerStatistics) -> torch.Tensor:
-    """ZeroQ (Cai et al., CVPR 2020): ||mu_batch - mu_run||_2 + ||sigma_batch - sigma_run||_2."""
+    """L2 distances of the batch's per-channel mean and std to the running ones (not squared): a
+    batch-statistics form of ZeroQ's objective, common in later re-implementations."""
     batch_std = torch.sqrt(layer.batch_var + layer.eps)
     running_std = torch.sqrt(layer.running_var + layer.eps)
     return torch.linalg.vector_norm(layer.batch_mean - layer.running_mean) + torch.linalg.vector_norm(
@@ -51,8 +54,21 @@ def bn_l2_distance(layer: LayerStatistics) -> torch.Tensor:
     )
 
 
+def bn_sample_l2_distance(layer: LayerStatistics) -> torch.Tensor:
+    """ZeroQ (Cai et al., CVPR 2020), as in its published code: each sample's own per-channel mean and
+    std (over H x W) against the running ones, squared L2 distance, averaged over the samples."""
+    if layer.sample_mean is None or layer.sample_var is None:
+        raise ValueError("bn_sample_l2 needs per-sample statistics: BatchNormStatistics(per_sample=True)")
+    sample_std = torch.sqrt(layer.sample_var + layer.eps)
+    running_std = torch.sqrt(layer.running_var + layer.eps)
+    count = layer.sample_mean.shape[0]
+    mean_term = (layer.sample_mean - layer.running_mean).pow(2).sum() / count
+    return mean_term + (sample_std - running_std).pow(2).sum() / count
+
+
 def bn_moment_distance(layer: LayerStatistics) -> torch.Tensor:
-    """DeepInversion (Yin et al., CVPR 2020) feature loss: ||mu - mu_run||_2 + ||var - var_run||_2."""
+    """DeepInversion (Yin et al., CVPR 2020) feature loss R_feature: ||mu - mu_run||_2 + ||var - var_run||_2
+    of the batch statistics (norms, not squared)."""
     return torch.linalg.vector_norm(layer.batch_mean - layer.running_mean) + torch.linalg.vector_norm(
         layer.batch_var - layer.running_var
     )
@@ -82,16 +98,50 @@ def l2_prior(ctx: LossContext) -> torch.Tensor:
     return ctx.inputs.pow(2).mean()
 
 
+def neighbour_differences(x: torch.Tensor) -> list[torch.Tensor]:
+    """Differences of each pixel to its right, lower, and two diagonal neighbours."""
+    return [
+        x[..., :, :-1] - x[..., :, 1:],
+        x[..., :-1, :] - x[..., 1:, :],
+        x[..., 1:, :-1] - x[..., :-1, 1:],
+        x[..., :-1, :-1] - x[..., 1:, 1:],
+    ]
+
+
+def total_variation_norm(ctx: LossContext) -> torch.Tensor:
+    """DeepInversion (Yin et al., CVPR 2020) R_TV: sum over the four neighbour directions (two of them
+    diagonal) of the Frobenius norm of the whole batch's pixel differences."""
+    return sum(torch.linalg.vector_norm(d) for d in neighbour_differences(ctx.inputs))
+
+
+def image_norm(ctx: LossContext) -> torch.Tensor:
+    """DeepInversion R_l2: each image's L2 norm, averaged over the batch."""
+    return torch.linalg.vector_norm(ctx.inputs.flatten(1), dim=1).mean()
+
+
+def input_sample_l2_distance(ctx: LossContext) -> torch.Tensor:
+    """ZeroQ's input-layer term: each image's per-channel mean and std against N(0, 1) (the normalized
+    data's statistics), squared L2 distance averaged over the images."""
+    mean, var = per_sample_statistics(ctx.inputs)
+    count = mean.shape[0]
+    return (mean.pow(2).sum() + (torch.sqrt(var + INPUT_EPS) - 1).pow(2).sum()) / count
+
+
 BN_LOSSES: dict[str, Callable[[LayerStatistics], torch.Tensor]] = {
     "bn_kl": bn_kl_divergence,
     "bn_l2": bn_l2_distance,
+    "bn_sample_l2": bn_sample_l2_distance,
     "bn_moments": bn_moment_distance,
 }
+PER_SAMPLE_BN_LOSSES = frozenset({"bn_sample_l2"})  # need BatchNormStatistics(per_sample=True)
 INPUT_LOSSES: dict[str, Callable[[LossContext], torch.Tensor]] = {
     "cross_entropy": cross_entropy,
     "tv_l2": total_variation_l2,
     "tv_l1": total_variation_l1,
+    "tv_norm": total_variation_norm,
     "l2": l2_prior,
+    "image_norm": image_norm,
+    "input_sample_l2": input_sample_l2_distance,
 }
 LOSS_NAMES = sorted([*BN_LOSSES, *INPUT_LOSSES])
 

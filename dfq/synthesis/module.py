@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from dfq.models.normalization import Normalization
-from dfq.synthesis.bn_stats import BatchNormStatistics
-from dfq.synthesis.generators import OPTIMIZERS, SCHEDULES, GeneratorConfig
-from dfq.synthesis.losses import BN_LOSSES, INPUT_LOSSES, LossContext, per_layer
+from dfq.synthesis.bn_stats import BatchNormStatistics, batchnorm_layers
+from dfq.synthesis.generators import (
+    INITS,
+    LAYER_WEIGHTINGS,
+    OPTIMIZERS,
+    SCHEDULES,
+    STEP_LOSS,
+    GeneratorConfig,
+)
+from dfq.synthesis.losses import BN_LOSSES, INPUT_LOSSES, LossContext, bn_kl_divergence, per_layer
 from dfq.synthesis.priors import blur, gaussian_kernel, jitter, random_flip
 
 
+def initial_inputs(
+    recipe: GeneratorConfig, normalization: Normalization, batch_size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """The starting batch: the recipe's noise, scaled and shifted per channel, clamped to valid pixels."""
+    channels = normalization.channels
+    mean = recipe.channel_values(recipe.init_mean, channels, "init_mean")
+    std = recipe.channel_values(recipe.init_std, channels, "init_std")
+    noise = INITS[recipe.init]((batch_size, *normalization.shape), generator)
+    return normalization.clamp_(noise * std + mean)
+
+
 class SynthesisModule(pl.LightningModule):
-    """Optimizes one batch of inputs against a frozen teacher under a `GeneratorConfig` recipe."""
+    """Optimizes one batch of inputs against a frozen teacher under a `GeneratorConfig` recipe.
+
+    The teacher stays in eval mode with gradients off for its weights. Where the teacher has
+    BatchNorm layers, each layer's BNS divergence (KL, Haroush et al.) is logged beside the loss
+    terms, whatever the recipe optimizes.
+    """
 
     def __init__(
         self,
@@ -25,24 +50,30 @@ class SynthesisModule(pl.LightningModule):
         labels: torch.Tensor | None,
         seed: int,
         model_name: str = "model",
+        batch_index: int = 0,
     ) -> None:
         super().__init__()
-        self.teacher = teacher
+        self.teacher = teacher.eval().requires_grad_(False)
         self.normalization = normalization
         self.recipe = recipe
+        self.batch_index = batch_index
         self.random = torch.Generator().manual_seed(seed)
-        noise = torch.randn((batch_size, *normalization.shape), generator=self.random)
-        self.inputs = nn.Parameter(normalization.clamp_(noise * recipe.init_std + recipe.init_mean))
+        self.inputs = nn.Parameter(initial_inputs(recipe, normalization, batch_size, self.random))
         self.register_buffer("labels", labels)
-        self.bn_stats = BatchNormStatistics(teacher, model_name) if recipe.uses_batchnorm else None
+        has_bn = bool(batchnorm_layers(teacher))
+        self.bn_stats = (
+            BatchNormStatistics(teacher, model_name, per_sample=recipe.uses_sample_statistics)
+            if recipe.uses_batchnorm or has_bn
+            else None
+        )
         layer_count = len(self.bn_stats.modules) if self.bn_stats else 0
-        weights = torch.ones(layer_count)
+        weights = LAYER_WEIGHTINGS[recipe.layer_weighting](layer_count)
         if layer_count:
-            weights[0] = recipe.first_bn_multiplier
+            weights[0] *= recipe.first_bn_multiplier
         self.register_buffer("layer_weights", weights)
-        if recipe.blur_sigma > 0:
-            kernel = gaussian_kernel(recipe.blur_sigma, normalization.channels)
-            self.inputs.register_hook(lambda grad: blur(grad, kernel))
+        self.blur_kernel = (
+            gaussian_kernel(recipe.blur_sigma, normalization.channels) if recipe.blur_sigma > 0 else None
+        )
 
     def train(self, mode: bool = True) -> SynthesisModule:
         """Lightning switches modules to training mode; the teacher must stay in eval mode."""
@@ -50,18 +81,25 @@ class SynthesisModule(pl.LightningModule):
         self.teacher.eval()
         return self
 
-    def losses(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Total loss, each weighted term, and each BN layer's divergence, for the current inputs."""
+    def forward_teacher(self, x: torch.Tensor, record_bn: bool) -> torch.Tensor:
+        """Teacher logits for `x`; BN input statistics land in `self.bn_stats.layers` when recorded."""
+        if not (record_bn and self.bn_stats):
+            return self.teacher(x)
+        self.bn_stats.clear()
+        with self.bn_stats:
+            return self.teacher(x)
+
+    def losses(
+        self, record_bn: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Total loss, each weighted term, and each BN layer's value of each BN term (unweighted)."""
         x = random_flip(jitter(self.inputs, self.recipe.jitter, self.random), self.recipe.flip, self.random)
-        if self.bn_stats:
-            self.bn_stats.clear()
-            with self.bn_stats:
-                logits = self.teacher(x)
-        else:
-            logits = self.teacher(x)
-        ctx = LossContext(x, logits, self.labels, self.bn_stats.layers if self.bn_stats else [])
+        record_bn = record_bn or self.recipe.uses_batchnorm
+        logits = self.forward_teacher(x, record_bn)
+        bn = self.bn_stats.layers if (record_bn and self.bn_stats) else []
+        ctx = LossContext(x, logits, self.labels, bn)
         terms, layers = {}, {}
-        for name, weight in self.recipe.losses.items():
+        for name, weight in self.recipe.active_losses.items():
             if name in BN_LOSSES:
                 values = per_layer(name, ctx)
                 layers.update({f"{name}/{stat.name}": v for stat, v in zip(ctx.bn, values, strict=True)})
@@ -71,23 +109,51 @@ class SynthesisModule(pl.LightningModule):
         total = sum(terms.values()) if terms else self.inputs.sum() * 0
         return total, terms, layers
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        total, terms, layers = self.losses()
+    def is_logging_step(self, step: int) -> bool:
         every = self.recipe.log_every
-        if every and (batch_idx % every == 0 or batch_idx == self.recipe.iterations - 1):
-            metrics = {"synthesis/loss": total.detach()} | {
-                f"synthesis/{k}": v.detach() for k, v in terms.items()
-            }
-            metrics |= {f"bn_divergence/{k}": v.detach() for k, v in layers.items()}
-            self.log_dict(metrics, on_step=True, on_epoch=False)
+        return bool(every) and (step % every == 0 or step == self.recipe.iterations - 1)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        logging = self.logger is not None and self.is_logging_step(batch_idx)
+        total, terms, layers = self.losses(record_bn=logging)
+        self.log(STEP_LOSS, total.detach(), on_step=True, on_epoch=False, logger=False)
+        if logging:
+            metrics = {k: float(v) for k, v in self.step_metrics(total, terms, layers).items()}
+            self.logger.log_metrics(metrics, step=self.batch_index * self.recipe.iterations + batch_idx)
         return total
 
-    def on_train_batch_end(self, *args) -> None:
+    @torch.no_grad()
+    def step_metrics(
+        self, total: torch.Tensor, terms: dict[str, torch.Tensor], layers: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """Per-term losses, per-layer values of the BN terms, and every layer's BNS divergence."""
+        metrics: dict[str, Any] = {
+            "synthesis/loss": total.detach(),
+            "synthesis/batch": float(self.batch_index),
+        }
+        metrics |= {f"synthesis/{k}": v.detach() for k, v in terms.items()}
+        metrics |= {f"bn_loss/{k}": v.detach() for k, v in layers.items()}
+        if self.bn_stats and self.bn_stats.layers:
+            divergence = {f"bn_divergence/{s.name}": bn_kl_divergence(s) for s in self.bn_stats.layers}
+            metrics |= divergence
+            metrics["synthesis/bn_divergence_mean"] = torch.stack(list(divergence.values())).mean()
+        return metrics
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer's update, low-passed by a Gaussian blur when the recipe asks for one."""
+        before = self.inputs.detach().clone() if self.blur_kernel is not None else None
+        super().optimizer_step(*args, **kwargs)
+        if before is not None:
+            with torch.no_grad():
+                self.inputs.copy_(before + blur(self.inputs - before, self.blur_kernel))
+
+    def on_train_batch_end(self, *args: Any) -> None:
         with torch.no_grad():
             self.normalization.clamp_(self.inputs)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict[str, Any]:
         optimizer = OPTIMIZERS[self.recipe.optimizer]([self.inputs], self.recipe.lr)
-        factor = SCHEDULES[self.recipe.schedule](self.recipe.iterations)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": SCHEDULES[self.recipe.schedule](optimizer, self.recipe.iterations),
+        }

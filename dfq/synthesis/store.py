@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 import dfq
 from dfq.errors import UserError
 from dfq.io import save_torch
+from dfq.models.normalization import Normalization
 
 FORMAT = "dfq.SampleSet/1"
 
@@ -51,12 +53,45 @@ class SampleSet:
             raise SampleSetError(f"sample set {path} is inconsistent: x {tuple(x.shape)}, y {labels}")
         return cls(x, y, blob["meta"])
 
+    def check_fits(
+        self, normalization: Normalization, model_name: str | None = None, source: str = ""
+    ) -> None:
+        """Raise SampleSetError unless the set was made for this model: image shape, normalization and
+        (when given and recorded) the model's name."""
+        where = source or "sample set"
+        if tuple(self.x.shape[1:]) != normalization.shape:
+            raise SampleSetError(
+                f"{where} holds images of shape {tuple(self.x.shape[1:])} (C, H, W) but the model takes "
+                f"{normalization.shape}"
+            )
+        recorded = self.meta.get("normalization")
+        expected = dataclasses.asdict(normalization)
+        if recorded is not None and _as_lists(recorded) != _as_lists(expected):
+            raise SampleSetError(
+                f"{where} was made with normalization {recorded}, but the model uses {expected}"
+            )
+        made_for = self.meta.get("model")
+        if model_name is not None and made_for is not None and made_for != model_name:
+            raise SampleSetError(
+                f"{where} was made for model {made_for!r}, not {model_name!r}; synthesize a set for "
+                f"{model_name!r} (python -m dfq.synthesize model={model_name} ...)"
+            )
+
     @classmethod
     def concatenate(cls, parts: list[SampleSet], meta: dict[str, Any]) -> SampleSet:
         x = torch.cat([p.x for p in parts])
         labelled = all(p.y is not None for p in parts)
         y = torch.cat([p.y for p in parts]) if labelled else None
         return cls(x, y, meta)
+
+
+def _as_lists(value: Any) -> Any:
+    """Tuples as lists, recursively, so metadata read back from a file compares equal."""
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value
 
 
 def git_revision() -> str | None:

@@ -1,0 +1,164 @@
+"""dfq.synthesize: resumable batch-by-batch runs, saved-set reuse in the pipeline, and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dfq.synthesize as synthesize_module
+from dfq.pipeline import SAMPLE_SOURCES, make_samples
+from dfq.synthesis.generators import SOURCES, GeneratorConfig
+from dfq.synthesis.store import SampleSet, SampleSetError
+from dfq.synthesize import synthesize
+
+RECIPE = {
+    "name": "bn_stats_inception",
+    "num_samples": 10,
+    "batch_size": 4,
+    "iterations": 4,
+    "losses": {"bn_kl": 1.0, "cross_entropy": 0.1},
+    "labels": "balanced",
+    "jitter": 1,
+    "flip": True,
+}
+
+
+def test_resume_after_interruption_gives_the_same_file(tiny_entry, tmp_path: Path, monkeypatch):
+    recipe = GeneratorConfig(**RECIPE)
+    synthesize(tiny_entry, recipe, tmp_path / "whole.pt")
+
+    real_batch = synthesize_module.synthesize_batch
+    calls = []
+
+    def interrupted(teacher, recipe, index, size, options):
+        calls.append(index)
+        if index == 2:
+            raise KeyboardInterrupt  # the machine goes away during the third batch
+        return real_batch(teacher, recipe, index, size, options)
+
+    monkeypatch.setattr(synthesize_module, "synthesize_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(tiny_entry, recipe, tmp_path / "resumed.pt")
+    assert sorted(p.name for p in (tmp_path / "resumed.pt.parts").iterdir()) == [
+        "batch_00000.pt",
+        "batch_00001.pt",
+    ]
+    assert not (tmp_path / "resumed.pt").exists()
+
+    monkeypatch.setattr(
+        synthesize_module, "synthesize_batch", lambda *a: calls.append(a[2]) or real_batch(*a)
+    )
+    synthesize(tiny_entry, recipe, tmp_path / "resumed.pt")
+    assert calls == [0, 1, 2, 2]  # finished batches were not redone
+    whole, resumed = SampleSet.load(tmp_path / "whole.pt"), SampleSet.load(tmp_path / "resumed.pt")
+    assert torch.equal(whole.x, resumed.x) and torch.equal(whole.y, resumed.y)
+    assert whole.meta == resumed.meta
+    assert not (tmp_path / "resumed.pt.parts").exists()
+
+
+def test_finished_file_is_reused_and_a_changed_recipe_is_redone(tiny_entry, tmp_path: Path, monkeypatch):
+    recipe = GeneratorConfig(**RECIPE)
+    first = synthesize(tiny_entry, recipe, tmp_path / "s.pt")
+    monkeypatch.setattr(synthesize_module, "synthesize_batch", lambda *a: pytest.fail("recomputed"))
+    assert torch.equal(synthesize(tiny_entry, recipe, tmp_path / "s.pt").x, first.x)
+    monkeypatch.undo()
+    changed = synthesize(tiny_entry, GeneratorConfig(**{**RECIPE, "lr": 0.5}), tmp_path / "s.pt")
+    assert not torch.equal(changed.x, first.x)
+
+
+def test_metadata_records_how_the_set_was_made(tiny_entry, tmp_path: Path):
+    synthesize(tiny_entry, GeneratorConfig(**RECIPE), tmp_path / "s.pt")
+    meta = SampleSet.load(tmp_path / "s.pt").meta
+    assert meta["model"] == "tiny_bn" and meta["generator"] == "bn_stats_inception"
+    assert meta["recipe"]["losses"] == RECIPE["losses"] and meta["seed"] == 0 and meta["iterations"] == 4
+    assert meta["normalization"]["std"] == (0.25, 0.25, 0.25) and meta["dfq_version"]
+    assert "git_revision" in meta
+
+
+def test_every_source_name_has_a_loader():
+    assert set(SAMPLE_SOURCES) == set(SOURCES)
+
+
+def test_saved_source_reuses_a_file_and_refuses_another_models(tiny_entry, tmp_path: Path):
+    made = synthesize(tiny_entry, GeneratorConfig(**RECIPE), tmp_path / "s.pt")
+    saved = GeneratorConfig(
+        name="saved", source="saved", path=str(tmp_path / "s.pt"), num_samples=8, losses={}
+    )
+    reused = make_samples(tiny_entry, saved, None, tmp_path / "run" / "saved.pt")
+    assert torch.equal(reused.x, made.x[:8]) and torch.equal(reused.y, made.y[:8])
+    assert len(SampleSet.load(tmp_path / "run" / "saved.pt")) == 8
+    tiny_entry.name = "resnet20"
+    with pytest.raises(SampleSetError, match="made for model 'tiny_bn', not 'resnet20'"):
+        make_samples(tiny_entry, saved, None)
+    with pytest.raises(SampleSetError, match="generator.path"):
+        make_samples(tiny_entry, GeneratorConfig(source="saved", losses={}), None)
+
+
+TINY = [
+    "dataset.image_size=8",
+    "model.input.image_size=8",
+    "model.train_if_missing.epochs=2",
+    "generator=bn_stats_inception",
+    "generator.num_samples=12",
+    "generator.batch_size=8",
+    "generator.iterations=3",
+]
+
+
+def run_cli(module: str, args: list[str], cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DFQ_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_command_line_writes_set_and_grid_and_resumes(tmp_path: Path):
+    out = tmp_path / "bns.pt"
+    args = [*TINY, f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_cli("dfq.synthesize", args, tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {out}: 12 samples (1, 8, 8) with labels" in result.stdout
+    samples = SampleSet.load(out)
+    assert samples.meta["model"] == "digits_cnn" and samples.meta["recipe"]["iterations"] == 3
+    assert out.with_suffix(".png").stat().st_size > 0
+    again = run_cli("dfq.synthesize", args, tmp_path / "cache")
+    assert again.returncode == 0 and "synthesizing batch" not in again.stderr + again.stdout
+
+
+def test_command_line_user_error_is_one_line_with_status_2(tmp_path: Path):
+    result = run_cli(
+        "dfq.synthesize", ["generator.labels=maybe", f"hydra.run.dir={tmp_path}"], tmp_path / "cache"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dfq-synthesize: error:")
+    assert "generator.labels='maybe' is invalid" in lines[0]
+
+
+GENERATORS = sorted(
+    p.stem for p in (Path(__file__).resolve().parents[2] / "dfq" / "conf" / "generator").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_synthesize_config_composes_with_every_generator(generator: str):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from dfq.config import SynthesizeConfig, register_configs, validate
+
+    register_configs()
+    with initialize_config_module("dfq.conf", version_base="1.3"):
+        cfg = compose("synthesize", overrides=["paths.output_dir=/tmp/dfq-test", f"generator={generator}"])
+        similarity = compose("similarity", overrides=["paths.output_dir=/tmp/dfq-test", "split=gaussian"])
+    config = validate(cfg)
+    assert isinstance(config, SynthesizeConfig) and config.generator.name == generator
+    assert config.out.endswith(f"digits_cnn_{generator}_n{config.generator.num_samples}_s0.pt")
+    OmegaConf.to_container(similarity, resolve=True)
+    assert validate(similarity).split == "gaussian"
