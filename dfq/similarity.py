@@ -9,10 +9,7 @@ not depend on the batch size. Python API `batchnorm_similarity`; command line `p
 
 from __future__ import annotations
 
-import sys
-import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import hydra
 import torch
@@ -137,29 +134,12 @@ def similarity_from_config(cfg: DictConfig) -> SimilarityScore:
 
 
 def main() -> None:
-    """`python -m dfq.similarity`: check override keys, compose, score; a user error ends with one
-    line and exit status 2."""
-    from dfq.config import SimilarityConfig, check_overrides, register_configs
+    """`python -m dfq.similarity`: compose `conf/similarity.yaml`, score a data set."""
+    from dfq.cli import hydra_command
+    from dfq.config import SimilarityConfig
 
-    register_configs()
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-    def fail(error: UserError) -> None:
-        print(f"dfq-similarity: error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-    @hydra.main(version_base="1.3", config_path="conf", config_name="similarity")
-    def job(cfg: DictConfig) -> Any:
-        try:
-            return similarity_from_config(cfg).mean
-        except UserError as error:
-            fail(error)
-
-    try:
-        check_overrides(sys.argv[1:], SimilarityConfig)
-    except UserError as error:
-        fail(error)
-    job()
+    score = lambda cfg: similarity_from_config(cfg).mean  # noqa: E731
+    hydra_command("dfq-similarity", "similarity", SimilarityConfig, score)()
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 import dfq
-from dfq.errors import UserError
+from dfq.faults import FiniteLossGuard, InterruptedRun, fit
 from dfq.models.load import ModelEntry
 from dfq.synthesis.generators import LABELS, GeneratorConfig
 from dfq.synthesis.module import SynthesisModule
@@ -92,12 +90,13 @@ def synthesize_batch(
             log_every_n_steps=max(1, recipe.log_every),  # the module logs its own metrics itself
             enable_checkpointing=False,
             enable_model_summary=False,
+            callbacks=[FiniteLossGuard(f"synthesis of batch {index}", every=recipe.log_every)],
             **trainer_options,
         )
         steps = DataLoader(range(recipe.iterations), batch_size=1)
-        trainer.fit(module, steps)
+        fit(trainer, f"synthesis of batch {index}", module, steps)
         if trainer.global_step < recipe.iterations:  # stopped early: never store it as a finished batch
-            raise RuntimeError(
+            raise InterruptedRun(
                 f"batch {index} stopped after {trainer.global_step} of {recipe.iterations} iterations; "
                 "rerun the same command to resume"
             )
@@ -188,30 +187,11 @@ def synthesize_from_config(cfg: DictConfig) -> SampleSet:
 
 
 def main() -> None:
-    """`dfq-synthesize` / `python -m dfq.synthesize`: check override keys, compose, synthesize; a
-    user error ends with one line and exit status 2."""
-    from dfq.config import SynthesizeConfig, check_overrides, register_configs
+    """`dfq-synthesize` / `python -m dfq.synthesize`: compose `conf/synthesize.yaml`, write a sample set."""
+    from dfq.cli import hydra_command
+    from dfq.config import SynthesizeConfig
 
-    register_configs()
-    for message in (".*module\\(s\\) in eval mode.*", ".*does not have many workers.*", ".*LeafSpec.*"):
-        warnings.filterwarnings("ignore", message=message)
-
-    def fail(error: UserError) -> None:
-        print(f"dfq-synthesize: error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-    @hydra.main(version_base="1.3", config_path="conf", config_name="synthesize")
-    def job(cfg: DictConfig) -> None:
-        try:
-            synthesize_from_config(cfg)
-        except UserError as error:
-            fail(error)
-
-    try:
-        check_overrides(sys.argv[1:], SynthesizeConfig)
-    except UserError as error:
-        fail(error)
-    job()
+    hydra_command("dfq-synthesize", "synthesize", SynthesizeConfig, synthesize_from_config)()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dfq.models.normalization import Normalization
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DFQ_SHARED", REPO.parent / "shared"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tests are tiny; more threads only contend on a shared CPU
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from dfq.distill.module import FinetuneConfig  # noqa: E402
 from dfq.quant.calibrate import calibrate  # noqa: E402
 from dfq.quant.policy import QuantPolicy  # noqa: E402
 from dfq.quant.prepare import quantize  # noqa: E402
+from dfq.synthesis.generators import GeneratorConfig  # noqa: E402
+from dfq.synthesize import synthesize  # noqa: E402
 
 TRAINER = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
 
@@ -31,5 +33,12 @@ def distill_job(checkpoint_dir: str, out: str, epochs: int = 30) -> None:
     torch.save(student.state_dict(), out)
 
 
+def synthesis_job(path: str) -> None:
+    """Synthesize 8 batches of BNS samples for the tiny network into `path` (resumable)."""
+    torch.set_num_threads(1)
+    recipe = GeneratorConfig(num_samples=128, batch_size=16, iterations=150, seed=3)
+    synthesize(make_tiny_entry(), recipe, path, trainer_options=TRAINER)
+
+
 if __name__ == "__main__":
-    {"distill": distill_job}[sys.argv[1]](*sys.argv[2:])
+    {"distill": distill_job, "synthesize": synthesis_job}[sys.argv[1]](*sys.argv[2:])

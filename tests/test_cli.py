@@ -48,10 +48,16 @@ def test_multirun_over_two_generators(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("override", "needle"),
-    [("quant.w_bit=4", "did you mean 'w_bits'"), ("quant.w_bits=0", "quant.w_bits=0 is out of range")],
+    [
+        ("quant.w_bit=4", "did you mean 'w_bits'"),
+        ("quant.w_bits=0", "quant.w_bits=0 is out of range"),
+        ("generator.num_samples=-5", "generator.num_samples=-5 is invalid"),
+        ("model.checkpoint=/nonexistent/x.pt model.train_if_missing=null", "checkpoint not found"),
+        ("dataset=cifar10_npz dataset.train=/nope/a.npz dataset.test=/nope/b.npz", "data set archive not found: /nope/"),
+    ],
 )
 def test_user_error_is_one_line_with_status_2(tmp_path: Path, override: str, needle: str):
-    result = dfq([override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path / "cache", timeout=120)
+    result = dfq([*override.split(), f"hydra.run.dir={tmp_path / 'run'}"], tmp_path / "cache", timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dfq: error:") and needle in lines[0]

@@ -18,6 +18,9 @@ from dfq.faults import AtomicCheckpointIO, NonFiniteLossError
 from dfq.quant.calibrate import calibrate
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.prepare import quantize
+from dfq.synthesis.generators import GeneratorConfig
+from dfq.synthesis.store import SampleSet
+from dfq.synthesize import synthesize
 
 JOBS = Path(__file__).parent / "fault_jobs.py"
 TRAINER = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
@@ -69,7 +72,7 @@ def test_interrupted_distillation_resumes_to_the_uninterrupted_result(tmp_path: 
     while not (checkpoints / "last.ckpt").exists() and time.time() < deadline and job.poll() is None:
         time.sleep(0.01)
     job.send_signal(signum)
-    job.wait(timeout=120)
+    assert job.wait(timeout=120) != 0  # an interrupted stage never exits as if it had finished
     assert not (tmp_path / "resumed.pt").exists(), "the job finished before the signal: make it longer"
     assert (checkpoints / "last.ckpt").is_file()
     torch.load(checkpoints / "last.ckpt", weights_only=False)  # intact, loadable
@@ -80,3 +83,49 @@ def test_interrupted_distillation_resumes_to_the_uninterrupted_result(tmp_path: 
     assert expected.keys() == resumed.keys()
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
+
+
+def test_nan_in_synthesis_stops_and_writes_nothing(tmp_path: Path, tiny_entry):
+    entry = tiny_entry
+    entry.module.bn2.running_var[0] = -1.0  # log of a negative variance: the BNS loss is NaN
+    path = tmp_path / "set.pt"
+    recipe = GeneratorConfig(num_samples=32, batch_size=16, iterations=5)
+    with pytest.raises(NonFiniteLossError, match=r"synthesis of batch 0: .*non-finite at step 0 \(loss=nan"):
+        synthesize(entry, recipe, path, trainer_options=TRAINER)
+    assert not path.exists() and not list(tmp_path.rglob("*.pt"))
+
+
+def test_same_seed_gives_bit_identical_samples(tiny_entry):
+    recipe = GeneratorConfig(num_samples=24, batch_size=16, iterations=10, seed=5)
+    first = synthesize(tiny_entry, recipe, trainer_options=TRAINER)
+    second = synthesize(tiny_entry, recipe, trainer_options=TRAINER)
+    assert torch.equal(first.x, second.x)
+    other = synthesize(tiny_entry, GeneratorConfig(num_samples=24, batch_size=16, iterations=10, seed=6),
+                       trainer_options=TRAINER)  # fmt: skip
+    assert not torch.equal(first.x, other.x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_synthesis_resumes_to_the_uninterrupted_result(tmp_path: Path, signum: int):
+    reference = run_job("synthesize", str(tmp_path / "reference.pt"))
+    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-2000:]
+
+    path = tmp_path / "resumed.pt"
+    parts = tmp_path / "resumed.pt.parts"
+    job = run_job("synthesize", str(path))
+    deadline = time.time() + 120
+    while not list(parts.glob("batch_*.pt")) and time.time() < deadline and job.poll() is None:
+        time.sleep(0.01)
+    job.send_signal(signum)
+    assert job.wait(timeout=120) != 0
+    assert not path.exists(), "the job finished before the signal: make it longer"
+    finished = sorted(parts.glob("batch_*.pt"))
+    assert 1 <= len(finished) < 8
+    for part in finished:
+        SampleSet.load(part)  # every file left behind is whole
+
+    again = run_job("synthesize", str(path))
+    assert again.wait(timeout=300) == 0, again.stderr.read().decode()[-2000:]
+    assert torch.equal(SampleSet.load(path).x, SampleSet.load(tmp_path / "reference.pt").x)
+    assert not parts.exists()

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from dfq.config import register_configs
 from dfq.pipeline import format_table, run
+from dfq.synthesis.store import SampleSet
 
 register_configs()
 
@@ -29,3 +31,20 @@ def test_default_run_bn_statistics_close_to_real_and_above_noise(tmp_path: Path,
     assert json.loads((tmp_path / "metrics.json").read_text())["q_top1"] == bns
     assert (tmp_path / "samples_bn_stats.png").stat().st_size > 0
     assert (tmp_path / "cache" / "digits_cnn_32px.pt").is_file()  # the teacher is cached for the next run
+
+
+def test_two_runs_with_the_same_seed_give_equal_metrics(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("DFQ_CACHE", str(tmp_path / "cache"))
+    tiny = ["dataset.image_size=8", "model.input.image_size=8", "model.train_if_missing.epochs=3",
+            "generator.num_samples=32", "generator.batch_size=16", "generator.iterations=5",
+            "compare.real.num_samples=32", "compare.gaussian.num_samples=32", "finetune.epochs=2",
+            "logger=none", "paths.sample_cache=null"]  # fmt: skip
+    metrics = []
+    for name in ("first", "second"):
+        with initialize_config_module("dfq.conf", version_base="1.3"):
+            cfg = compose("config", overrides=[f"paths.output_dir={tmp_path / name}", *tiny])
+        metrics.append(run(cfg, tmp_path / name))
+        metrics[-1].pop("wall_time_s")
+    assert metrics[0] == metrics[1]
+    first, second = (SampleSet.load(tmp_path / n / "samples" / "bn_stats.pt").x for n in ("first", "second"))
+    assert torch.equal(first, second)

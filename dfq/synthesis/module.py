@@ -116,6 +116,7 @@ class SynthesisModule(pl.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         logging = self.logger is not None and self.is_logging_step(batch_idx)
         total, terms, layers = self.losses(record_bn=logging)
+        self.last_terms = {"loss": total.detach()} | {k: v.detach() for k, v in terms.items()}  # for guards
         self.log(STEP_LOSS, total.detach(), on_step=True, on_epoch=False, logger=False)
         if logging:
             metrics = {k: float(v) for k, v in self.step_metrics(total, terms, layers).items()}
