@@ -53,7 +53,7 @@ def test_multirun_over_two_generators(tmp_path: Path):
         ("quant.w_bits=0", "quant.w_bits=0 is out of range"),
         ("generator.num_samples=-5", "generator.num_samples=-5 is invalid"),
         ("model.checkpoint=/nonexistent/x.pt model.train_if_missing=null", "checkpoint not found"),
-        ("dataset=cifar10_npz dataset.train=/nope/a.npz dataset.test=/nope/b.npz", "data set archive not found: /nope/"),
+        ("dataset=cifar10_npz dataset.train=/no/a.npz dataset.test=/no/b.npz", "archive not found: /no/"),
     ],
 )
 def test_user_error_is_one_line_with_status_2(tmp_path: Path, override: str, needle: str):
