@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -41,4 +42,6 @@ def synthesis_job(path: str) -> None:
 
 
 if __name__ == "__main__":
+    # a job started from a non-interactive shell inherits SIGINT ignored; a user's Ctrl-C is not
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     {"distill": distill_job, "synthesize": synthesis_job}[sys.argv[1]](*sys.argv[2:])
