@@ -8,6 +8,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,9 @@ def test_wandb_logs_one_offline_run_per_job_grouped_by_experiment(tmp_path, cli_
     runs = sorted(sweep.glob("*/wandb/offline-run-*/*.wandb"))
     assert len(runs) == 2 and runs[0].parents[2] != runs[1].parents[2]  # one run per job, none shared
     for log in runs:
-        content = log.read_bytes()
+        # wandb's service process may still be flushing the run file when the CLI has exited
+        deadline = time.time() + 60
+        while b"final/q_top1" not in (content := log.read_bytes()) and time.time() < deadline:
+            time.sleep(1)
         assert b"digits_table" in content  # the wandb group: the experiment
         assert b"final/q_top1" in content and b"bn_divergence/" in content
