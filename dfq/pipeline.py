@@ -143,7 +143,7 @@ def evaluate_source(
     student = compress(teacher.module, samples, config.quant, config.calibrate)
     result = {"ptq_top1": top1(student, test, config.evaluate.batch_size)}
     finetune: FinetuneConfig = config.finetune
-    if finetune.enabled and finetune.epochs > 0:
+    if finetune.active:
         labels = samples.y if finetune.label_weight else None
         checkpoints = out_dir / "checkpoints" if out_dir else None
         distill(student, teacher.module, samples.x, finetune, labels, trainer_options, checkpoints)

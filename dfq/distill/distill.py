@@ -78,7 +78,7 @@ def distill(
     student with the lowest held-out KL, the calibrated starting point included. With `checkpoint_dir`,
     Lightning checkpoints (`last.ckpt`) are written there and a rerun resumes from them.
     """
-    if not config.enabled or config.epochs == 0:
+    if not config.active:
         return student
     train, holdout = split_holdout((x,) if y is None else (x, y), config.holdout, config.seed)
     loader = DataLoader(

@@ -35,6 +35,11 @@ class FinetuneConfig:
     resume: bool = True  # continue from `last.ckpt` in the checkpoint folder, when there is one
     seed: int = 0
 
+    @property
+    def active(self) -> bool:
+        """Whether fine-tuning runs at all (enabled, with at least one epoch)."""
+        return self.enabled and self.epochs > 0
+
     def __post_init__(self) -> None:
         checks = {
             "epochs": (self.epochs >= 0, "an integer >= 0"),
