@@ -20,6 +20,7 @@ from omegaconf.errors import MissingMandatoryValue
 from dfq.distill.module import FinetuneConfig
 from dfq.errors import UserError
 from dfq.quant.policy import QuantPolicy
+from dfq.speed import SpeedConfig
 from dfq.synthesis.generators import GeneratorConfig
 
 
@@ -95,6 +96,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str | None = None
@@ -110,6 +112,7 @@ class SynthesizeConfig:
     dataset: Any = None  # for a teacher trained on first use, and the `real` source
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     out: str = MISSING  # the sample set file; its batches are kept in `<out>.parts/` until it is done

@@ -34,6 +34,7 @@ from dfq.quant.export import export_quantized
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.prepare import quantize
 from dfq.record import log_sample_grid, record, save_grid
+from dfq.speed import SpeedConfig
 from dfq.synthesis.generators import GeneratorConfig
 from dfq.synthesis.store import SampleSet
 from dfq.synthesize import sample_metadata, synthesize
@@ -68,7 +69,9 @@ def draw_real(teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource) ->
     return SampleSet(x, y, sample_metadata(teacher, recipe))
 
 
-def real_source(teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options) -> SampleSet:
+def real_source(
+    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None
+) -> SampleSet:
     """Real training images (`source: real`), saved to `path` when given."""
     samples = draw_real(teacher, recipe, data)
     if path:
@@ -76,7 +79,9 @@ def real_source(teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, 
     return samples
 
 
-def saved_source(teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options) -> SampleSet:
+def saved_source(
+    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None
+) -> SampleSet:
     """A set saved earlier (`source: saved`, `generator.path`), checked to fit the teacher; the part
     used is written to `path` when given, like every source's samples."""
     samples = read_samples(recipe.path, teacher.normalization, teacher.name, recipe.num_samples)
@@ -86,10 +91,10 @@ def saved_source(teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource,
 
 
 def synthesis_source(
-    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options
+    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None
 ) -> SampleSet:
     """Inputs optimized against the teacher (`source: synthesis`), resumable through `path`."""
-    return synthesize(teacher, recipe, path, options)
+    return synthesize(teacher, recipe, path, options, speed)
 
 
 SAMPLE_SOURCES = {"synthesis": synthesis_source, "real": real_source, "saved": saved_source}
@@ -101,10 +106,11 @@ def make_samples(
     data: DataSource,
     path: str | Path | None = None,
     trainer_options: dict[str, Any] | None = None,
+    speed: SpeedConfig | None = None,
 ) -> SampleSet:
     """Samples from the recipe's source (a `SAMPLE_SOURCES` entry): synthesized from the teacher,
     real training images, or a saved set."""
-    return SAMPLE_SOURCES[recipe.source](teacher, recipe, data, path, trainer_options)
+    return SAMPLE_SOURCES[recipe.source](teacher, recipe, data, path, trainer_options, speed)
 
 
 def compress(
@@ -146,7 +152,9 @@ def evaluate_source(
     if finetune.active:
         labels = samples.y if finetune.label_weight else None
         checkpoints = out_dir / "checkpoints" if out_dir else None
-        distill(student, teacher.module, samples.x, finetune, labels, trainer_options, checkpoints)
+        distill(
+            student, teacher.module, samples.x, finetune, labels, trainer_options, checkpoints, config.speed
+        )
         result["qat_top1"] = top1(student, test, config.evaluate.batch_size)
     if out_dir:
         export_quantized(student, out_dir / "quantized.pt", {"model": teacher.name})
@@ -198,7 +206,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     results = {}
     for name, recipe in sources.items():
         log.info("data source %s: %d samples from %s", name, recipe.num_samples, recipe.source)
-        samples = make_samples(teacher, recipe, data, sample_path(config, teacher, recipe, run_dir), options)
+        path = sample_path(config, teacher, recipe, run_dir)
+        samples = make_samples(teacher, recipe, data, path, options, config.speed)
         save_grid(samples, teacher.normalization, run_dir / f"samples_{name}.png")
         log_sample_grid(options.get("logger"), samples, teacher.normalization, f"samples/{name}")
         results[name] = evaluate_source(teacher, samples, config, test, options, run_dir / "students" / name)

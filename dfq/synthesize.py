@@ -7,6 +7,7 @@ run resumes where it stopped, and the result is one file written atomically.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import shutil
@@ -22,8 +23,9 @@ from torch.utils.data import DataLoader
 import dfq
 from dfq.faults import FiniteLossGuard, InterruptedRun, fit
 from dfq.models.load import ModelEntry
+from dfq.speed import SpeedConfig
 from dfq.synthesis.generators import LABELS, GeneratorConfig
-from dfq.synthesis.module import SynthesisModule
+from dfq.synthesis.module import SynthesisModule, TeacherRunner
 from dfq.synthesis.store import SampleSet, git_revision
 
 log = logging.getLogger(__name__)
@@ -76,12 +78,15 @@ def synthesize_batch(
     index: int,
     size: int,
     trainer_options: dict[str, Any],
+    runner: TeacherRunner | None = None,
 ) -> SampleSet:
-    """Optimize batch number `index` (seeded from the recipe's seed and the index) and return it."""
+    """Optimize batch number `index` (seeded from the recipe's seed and the index) and return it.
+
+    `runner`: the teacher prepared once for the whole set (hooks, speed switches); None makes one."""
     seed = recipe.seed * 1_000_003 + index
     labels = batch_labels(recipe, teacher, index, size, seed)
     module = SynthesisModule(
-        teacher.module, teacher.normalization, recipe, size, labels, seed, teacher.name, batch_index=index
+        runner or teacher.module, teacher.normalization, recipe, size, labels, seed, teacher.name, index
     )
     if recipe.iterations > 0:
         trainer = pl.Trainer(
@@ -112,16 +117,24 @@ def finished_part(part_path: Path | None, meta: dict[str, Any], size: int) -> Sa
     return part if same_recipe(part.meta, meta) and len(part) == size else None
 
 
+def teacher_runner(teacher: ModelEntry, recipe: GeneratorConfig, speed: SpeedConfig | None) -> TeacherRunner:
+    """The teacher prepared once for every batch of a set (on a copy where checkpointing patches it)."""
+    module = copy.deepcopy(teacher.module) if speed and speed.checkpointing else teacher.module
+    return TeacherRunner(module, recipe, teacher.name, speed)
+
+
 def synthesize(
     teacher: ModelEntry,
     recipe: GeneratorConfig,
     path: str | Path | None = None,
     trainer_options: dict[str, Any] | None = None,
+    speed: SpeedConfig | None = None,
 ) -> SampleSet:
     """Produce `recipe.num_samples` samples; with `path`, write each finished batch beside it and
     skip finished batches on a rerun, then write the whole set to `path` atomically.
 
-    A complete file already at `path` from the same recipe is returned as it is.
+    A complete file already at `path` from the same recipe is returned as it is. `speed` switches
+    (channels_last, compile, checkpointing) change how fast, not what is computed.
     """
     trainer_options = {"logger": False, "enable_progress_bar": False, **(trainer_options or {})}
     meta = sample_metadata(teacher, recipe)
@@ -133,17 +146,23 @@ def synthesize(
     parts_dir = Path(f"{path}.parts") if path else None
     parts = []
     sizes = batch_sizes(recipe.num_samples, recipe.batch_size)
-    for index, size in enumerate(sizes):
-        part_path = parts_dir / f"batch_{index:05d}.pt" if parts_dir else None
-        part = finished_part(part_path, meta, size)
-        if part is None:
-            log.info("synthesizing batch %d/%d (%d samples, %d iterations)", index + 1, len(sizes), size,
-                     recipe.iterations)  # fmt: skip
-            part = synthesize_batch(teacher, recipe, index, size, trainer_options)
-            part.meta = meta
-            if part_path:
-                part.save(part_path)
-        parts.append(part)
+    runner = None
+    try:
+        for index, size in enumerate(sizes):
+            part_path = parts_dir / f"batch_{index:05d}.pt" if parts_dir else None
+            part = finished_part(part_path, meta, size)
+            if part is None:
+                log.info("synthesizing batch %d/%d (%d samples, %d iterations)", index + 1, len(sizes),
+                         size, recipe.iterations)  # fmt: skip
+                runner = runner or teacher_runner(teacher, recipe, speed)
+                part = synthesize_batch(teacher, recipe, index, size, trainer_options, runner)
+                part.meta = meta
+                if part_path:
+                    part.save(part_path)
+            parts.append(part)
+    finally:
+        if runner:
+            runner.close()
     samples = SampleSet.concatenate(parts, meta)
     if path:
         samples.save(path)
@@ -172,7 +191,7 @@ def synthesize_from_config(cfg: DictConfig) -> SampleSet:
     teacher = load_teacher(cfg.model, data)
     options = trainer_options(cfg)
     out = Path(config.out)
-    samples = make_samples(teacher, config.generator, data, out, options)
+    samples = make_samples(teacher, config.generator, data, out, options, config.speed)
     if config.grid:
         save_grid(samples, teacher.normalization, out.with_suffix(".png"))
         log_sample_grid(

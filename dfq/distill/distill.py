@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from dfq.distill.module import DistillationModule, FinetuneConfig, distillation_loss
 from dfq.faults import AtomicCheckpointIO, FiniteLossGuard, fit
+from dfq.speed import SpeedConfig
 
 
 class EpochShuffle(Sampler[int]):
@@ -71,12 +72,14 @@ def distill(
     y: torch.Tensor | None = None,
     trainer_options: dict[str, Any] | None = None,
     checkpoint_dir: str | Path | None = None,
+    speed: SpeedConfig | None = None,
 ) -> nn.Module:
     """Fine-tune the calibrated `student` towards `teacher` on inputs `x` (labels `y` optional).
 
     `config.holdout` > 0 keeps that fraction of the samples (never test data) aside and returns the
     student with the lowest held-out KL, the calibrated starting point included. With `checkpoint_dir`,
-    Lightning checkpoints (`last.ckpt`) are written there and a rerun resumes from them.
+    Lightning checkpoints (`last.ckpt`) are written there and a rerun resumes from them. `speed`:
+    memory layout and compilation of both networks (`dfq.speed`).
     """
     if not config.active:
         return student
@@ -88,7 +91,7 @@ def distill(
         drop_last=len(train[0]) > config.batch_size,
     )
     val_loader = None if holdout is None else DataLoader(TensorDataset(*holdout), batch_size=256)
-    module = DistillationModule(student, teacher, config, config.epochs * len(loader))
+    module = DistillationModule(student, teacher, config, config.epochs * len(loader), speed)
     if val_loader is not None:
         module.best_kl = held_out_kl(student, teacher, val_loader, config.temperature)
         module.best_state = {k: v.clone() for k, v in student.state_dict().items()}

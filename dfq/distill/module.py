@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dfq.speed import SpeedConfig, prepare, to_memory_format
+
 
 @dataclass
 class FinetuneConfig:
@@ -112,11 +114,22 @@ class DistillationModule(pl.LightningModule):
     kept (and saved in Lightning checkpoints, so a resumed run still knows it); `best_state` gives it.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, config: FinetuneConfig, steps: int) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        config: FinetuneConfig,
+        steps: int,
+        speed: SpeedConfig | None = None,
+    ) -> None:
         super().__init__()
         self.student = student
         self.teacher = teacher
         self.config = config
+        self.speed = speed
+        # the callables that run them (compiled when asked for), kept out of the module tree so that
+        # checkpoints hold each weight once
+        self.runners = {"student": prepare(student, speed), "teacher": prepare(teacher, speed)}
         self.total_steps = max(1, steps)
         self.best_kl = math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -146,9 +159,10 @@ class DistillationModule(pl.LightningModule):
         labels = batch[1] if len(batch) > 1 else None
         x, labels = augment_batch(batch[0], labels, c.augment_copies, c.crop_padding, c.flip)
         x, perm, lam = mixup(x, c.mixup)
+        x = to_memory_format(x, self.speed)
         with torch.no_grad():
-            teacher_logits = self.teacher(x)
-        student_logits = self.student(x)
+            teacher_logits = self.runners["teacher"](x)
+        student_logits = self.runners["student"](x)
         loss = distillation_loss(student_logits, teacher_logits, c.temperature)
         if c.label_weight and labels is not None:
             cross_entropy = F.cross_entropy(student_logits, labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +44,38 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     ]
 
 
+class ChannelStatistics(torch.autograd.Function):
+    """Per-channel mean and biased variance of a (N, C, ...) batch, differentiable, in one fused pass
+    each way: a Welford BatchNorm kernel forward, one multiply-add backward. `torch.var_mean` over
+    dims (0, 2, 3) costs several times a convolution on CPU and builds a chain of full-size ops for
+    its gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.is_cuda:
+            mean, invstd = torch.batch_norm_stats(x, eps)
+        else:
+            _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
+        mean, var = mean.float(), invstd.float().pow(-2) - eps
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx: Any, grad_mean: torch.Tensor, grad_var: torch.Tensor) -> tuple[torch.Tensor, None]:
+        # d mean / dx = 1/M and d var / dx = 2 (x - mean) / M, so grad = x * a + b per channel
+        x, mean = ctx.saved_tensors
+        count = x.numel() // x.shape[1]
+        a = 2.0 * grad_var / count
+        b = grad_mean / count - a * mean
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.addcmul(b.view(shape), x, a.view(shape)).to(x.dtype), None
+
+
+def channel_statistics(x: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, biased variance) of a batch over every dimension but 1, in float32."""
+    return ChannelStatistics.apply(x, eps)
+
+
 def per_sample_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each sample's per-channel mean and (unbiased) variance over its spatial positions, (N, C) each."""
     flat = x.flatten(2) if x.dim() > 2 else x.unsqueeze(-1)
@@ -55,7 +88,8 @@ class BatchNormStatistics:
 
     Statistics are computed inside the hook as tensors (no host synchronisation) and replaced on
     the next forward, so no graph outlives its step. With `per_sample`, each sample's own
-    statistics are recorded too.
+    statistics are recorded too. Setting `recording` to False keeps the hooks in place (a compiled
+    teacher is not recompiled) but records nothing.
     """
 
     def __init__(self, model: nn.Module, model_name: str = "model", per_sample: bool = False) -> None:
@@ -67,14 +101,16 @@ class BatchNormStatistics:
                 "scores cannot be used on it; choose generator=inception or generator=gaussian"
             )
         self.per_sample = per_sample
+        self.recording = True
         self.layers: list[LayerStatistics] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, name: str):
         def record(module: _BatchNorm, inputs: tuple[torch.Tensor, ...]) -> None:
+            if not self.recording:
+                return
             x = inputs[0]
-            dims = [d for d in range(x.dim()) if d != 1]
-            var, mean = torch.var_mean(x, dim=dims, correction=0)
+            mean, var = channel_statistics(x, module.eps)
             stats = LayerStatistics(name, mean, var, module.running_mean, module.running_var, module.eps)
             stats.elements = x.numel() // x.shape[1]
             if self.per_sample:

@@ -93,6 +93,7 @@ SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], dict[str, Any]]] = {
     ),
     "plateau": plateau_schedule,
 }
+LOSS_DRIVEN_SCHEDULES = frozenset({"plateau"})  # need STEP_LOSS logged every step
 LAYER_WEIGHTINGS: dict[str, Callable[[int], torch.Tensor]] = {
     "uniform": lambda count: torch.ones(count),  # sum over layers (BNS, DeepInversion, ZeroQ)
     "mean": lambda count: torch.full((count,), 1.0 / max(count, 1)),  # average: depth-independent scale

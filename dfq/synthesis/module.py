@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 from dfq.models.normalization import Normalization
+from dfq.speed import SpeedConfig, prepare, to_memory_format
 from dfq.synthesis.bn_stats import BatchNormStatistics, batchnorm_layers
 from dfq.synthesis.generators import (
     INITS,
     LAYER_WEIGHTINGS,
+    LOSS_DRIVEN_SCHEDULES,
     OPTIMIZERS,
     SCHEDULES,
     STEP_LOSS,
@@ -33,17 +35,59 @@ def initial_inputs(
     return normalization.clamp_(noise * std + mean)
 
 
+class TeacherRunner:
+    """The frozen teacher as synthesis runs it, shared by every batch of a set: BN-statistics hooks
+    attached once (a compiled teacher is then compiled once, not per batch or per step) and the
+    speed switches applied. `close` removes the hooks."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        recipe: GeneratorConfig,
+        model_name: str = "model",
+        speed: SpeedConfig | None = None,
+    ) -> None:
+        self.module = teacher.eval().requires_grad_(False)
+        self.speed = speed
+        has_bn = bool(batchnorm_layers(teacher))
+        self.bn_stats = (
+            BatchNormStatistics(teacher, model_name, per_sample=recipe.uses_sample_statistics)
+            if recipe.uses_batchnorm or has_bn
+            else None
+        )
+        if self.bn_stats:
+            self.bn_stats.__enter__()
+            self.bn_stats.recording = False
+        self.forward = prepare(teacher, speed)
+
+    def __call__(self, x: torch.Tensor, record_bn: bool) -> torch.Tensor:
+        """Teacher logits for `x`; BN input statistics land in `self.bn_stats.layers` when recorded."""
+        if not self.bn_stats:
+            return self.forward(x)
+        self.bn_stats.clear()
+        self.bn_stats.recording = record_bn
+        try:
+            return self.forward(x)
+        finally:
+            self.bn_stats.recording = False  # checkpointed blocks re-run their hooks in the backward pass
+
+    def close(self) -> None:
+        if self.bn_stats:
+            self.bn_stats.__exit__()
+
+
 class SynthesisModule(pl.LightningModule):
     """Optimizes one batch of inputs against a frozen teacher under a `GeneratorConfig` recipe.
 
     The teacher stays in eval mode with gradients off for its weights. Where the teacher has
     BatchNorm layers, each layer's BNS divergence (KL, Haroush et al.) is logged beside the loss
-    terms, whatever the recipe optimizes.
+    terms, whatever the recipe optimizes. `teacher` is a module, or a `TeacherRunner` shared by
+    several batches (its owner closes it); a module gets a runner of its own, closed at teardown.
     """
 
     def __init__(
         self,
-        teacher: nn.Module,
+        teacher: nn.Module | TeacherRunner,
         normalization: Normalization,
         recipe: GeneratorConfig,
         batch_size: int,
@@ -53,19 +97,20 @@ class SynthesisModule(pl.LightningModule):
         batch_index: int = 0,
     ) -> None:
         super().__init__()
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.owns_runner = not isinstance(teacher, TeacherRunner)
+        self.runner = TeacherRunner(teacher, recipe, model_name) if self.owns_runner else teacher
+        self.teacher = self.runner.module
         self.normalization = normalization
         self.recipe = recipe
         self.batch_index = batch_index
         self.random = torch.Generator().manual_seed(seed)
-        self.inputs = nn.Parameter(initial_inputs(recipe, normalization, batch_size, self.random))
+        inputs = initial_inputs(recipe, normalization, batch_size, self.random)
+        self.inputs = nn.Parameter(to_memory_format(inputs, self.runner.speed))
         self.register_buffer("labels", labels)
-        has_bn = bool(batchnorm_layers(teacher))
-        self.bn_stats = (
-            BatchNormStatistics(teacher, model_name, per_sample=recipe.uses_sample_statistics)
-            if recipe.uses_batchnorm or has_bn
-            else None
-        )
+        low, high = normalization.bounds(inputs)
+        self.register_buffer("low", low, persistent=False)
+        self.register_buffer("high", high, persistent=False)
+        self.bn_stats = self.runner.bn_stats
         layer_count = len(self.bn_stats.modules) if self.bn_stats else 0
         weights = LAYER_WEIGHTINGS[recipe.layer_weighting](layer_count)
         if layer_count:
@@ -81,13 +126,9 @@ class SynthesisModule(pl.LightningModule):
         self.teacher.eval()
         return self
 
-    def forward_teacher(self, x: torch.Tensor, record_bn: bool) -> torch.Tensor:
-        """Teacher logits for `x`; BN input statistics land in `self.bn_stats.layers` when recorded."""
-        if not (record_bn and self.bn_stats):
-            return self.teacher(x)
-        self.bn_stats.clear()
-        with self.bn_stats:
-            return self.teacher(x)
+    def teardown(self, stage: str) -> None:
+        if self.owns_runner:
+            self.runner.close()
 
     def losses(
         self, record_bn: bool = True
@@ -95,7 +136,7 @@ class SynthesisModule(pl.LightningModule):
         """Total loss, each weighted term, and each BN layer's value of each BN term (unweighted)."""
         x = random_flip(jitter(self.inputs, self.recipe.jitter, self.random), self.recipe.flip, self.random)
         record_bn = record_bn or self.recipe.uses_batchnorm
-        logits = self.forward_teacher(x, record_bn)
+        logits = self.runner(x, record_bn)
         bn = self.bn_stats.layers if (record_bn and self.bn_stats) else []
         ctx = LossContext(x, logits, self.labels, bn)
         terms, layers = {}, {}
@@ -117,7 +158,8 @@ class SynthesisModule(pl.LightningModule):
         logging = self.logger is not None and self.is_logging_step(batch_idx)
         total, terms, layers = self.losses(record_bn=logging)
         self.last_terms = {"loss": total.detach()} | {k: v.detach() for k, v in terms.items()}  # for guards
-        self.log(STEP_LOSS, total.detach(), on_step=True, on_epoch=False, logger=False)
+        if self.recipe.schedule in LOSS_DRIVEN_SCHEDULES:
+            self.log(STEP_LOSS, total.detach(), on_step=True, on_epoch=False, logger=False)
         if logging:
             metrics = {k: float(v) for k, v in self.step_metrics(total, terms, layers).items()}
             self.logger.log_metrics(metrics, step=self.batch_index * self.recipe.iterations + batch_idx)
@@ -150,7 +192,7 @@ class SynthesisModule(pl.LightningModule):
 
     def on_train_batch_end(self, *args: Any) -> None:
         with torch.no_grad():
-            self.normalization.clamp_(self.inputs)
+            self.inputs.clamp_(self.low, self.high)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = OPTIMIZERS[self.recipe.optimizer]([self.inputs], self.recipe.lr)

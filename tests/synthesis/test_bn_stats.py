@@ -7,7 +7,12 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from dfq.synthesis.bn_stats import BatchNormStatistics, NoBatchNormError, batchnorm_layers
+from dfq.synthesis.bn_stats import (
+    BatchNormStatistics,
+    NoBatchNormError,
+    batchnorm_layers,
+    channel_statistics,
+)
 
 
 def test_records_each_layer_input_statistics_in_call_order(tiny_entry):
@@ -45,3 +50,26 @@ def test_layers_without_running_statistics_are_skipped():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
     with pytest.raises(NoBatchNormError):
         BatchNormStatistics(model, "untracked")
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 5, 5), (16, 3), (4, 6, 3, 3, 2)])
+def test_channel_statistics_and_their_gradient_match_var_mean(shape):
+    torch.manual_seed(0)
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 5).float().requires_grad_()
+    mean, var = channel_statistics(x)
+    dims = [d for d in range(x.dim()) if d != 1]
+    ref_var, ref_mean = torch.var_mean(x, dim=dims, correction=0)
+    torch.testing.assert_close(mean, ref_mean)
+    torch.testing.assert_close(var, ref_var, rtol=1e-5, atol=1e-6)
+    g_mean, g_var = torch.randn_like(mean), torch.randn_like(var)
+    (grad,) = torch.autograd.grad((mean * g_mean).sum() + (var * g_var).sum(), x)
+    (ref,) = torch.autograd.grad((ref_mean * g_mean).sum() + (ref_var * g_var).sum(), x)
+    torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_paused_recorder_keeps_its_hooks_but_records_nothing(tiny_entry):
+    model = tiny_entry.module
+    with BatchNormStatistics(model) as recorder:
+        recorder.recording = False
+        model(torch.randn(2, 3, 8, 8))
+        assert recorder.layers == [] and len(model.bn1._forward_pre_hooks) == 1

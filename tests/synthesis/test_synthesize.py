@@ -35,11 +35,11 @@ def test_resume_after_interruption_gives_the_same_file(tiny_entry, tmp_path: Pat
     real_batch = synthesize_module.synthesize_batch
     calls = []
 
-    def interrupted(teacher, recipe, index, size, options):
+    def interrupted(teacher, recipe, index, *rest):
         calls.append(index)
         if index == 2:
             raise KeyboardInterrupt  # the machine goes away during the third batch
-        return real_batch(teacher, recipe, index, size, options)
+        return real_batch(teacher, recipe, index, *rest)
 
     monkeypatch.setattr(synthesize_module, "synthesize_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
