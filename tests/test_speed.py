@@ -108,7 +108,7 @@ def test_distillation_with_speed_switches_matches_eager():
     ("options", "message"),
     [
         ({"compile_mode": "fastest"}, r"speed.compile_mode='fastest' is invalid; valid: .*reduce-overhead"),
-        ({"compile": True, "compile_backend": "tvmx"}, r"speed.compile_backend='tvmx' is invalid; .*inductor"),
+        ({"compile": True, "compile_backend": "tvmx"}, r"compile_backend='tvmx' is invalid; .*inductor"),
     ],
 )
 def test_bad_switch_values_are_named(options, message):
