@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfq.quant.fake_quant import IntegerGrid, fake_quantize, scale_gradient
+from dfq.quant.fake_quant import IntegerGrid, fake_quantize, fake_quantize_fixed, scale_gradient
 from dfq.quant.observers import OBSERVERS, known_options, make_observer
 
 UNQUANTIZED_BITS = 16  # 16 and 32 bits mean "leave in floating point"
@@ -150,10 +150,15 @@ class Quantizer(nn.Module):
         if self.spec.learnable_clip:
             return self._clipped(x)
         scale = self.scale
-        if isinstance(scale, nn.Parameter):
-            features = x.numel() // (x.shape[0] if self.batched else 1)
-            per_scale = max(1, features // scale.numel())
-            scale = scale_gradient(scale, 1.0 / math.sqrt(per_scale * max(self.qmax, 1)))
+        if not isinstance(scale, nn.Parameter):
+            zero_point = self.broadcast(self.zero_point, x)
+            fractional = not (self.spec.symmetric or self.spec.integer_zero_point)
+            return fake_quantize_fixed(
+                x, self.broadcast(scale, x), zero_point, self.qmin, self.qmax, fractional
+            )
+        features = x.numel() // (x.shape[0] if self.batched else 1)
+        per_scale = max(1, features // scale.numel())
+        scale = scale_gradient(scale, 1.0 / math.sqrt(per_scale * max(self.qmax, 1)))
         return fake_quantize(
             x, self.broadcast(scale, x), self.broadcast(self.zero_point, x), self.qmin, self.qmax
         )

@@ -10,6 +10,7 @@ import torch
 from dfq.quant.fake_quant import (
     IntegerGrid,
     fake_quantize,
+    fake_quantize_fixed,
     integer_range,
     quantize_to_int,
     round_ste,
@@ -102,3 +103,18 @@ def test_real_valued_offset_puts_the_grid_exactly_on_the_minimum():
     expected = torch.tensor([-0.3, -0.3 + s, -0.3 + 2 * s, 0.5, 0.5])
     assert torch.allclose(fake_quantize(x, scale, zero_point, qmin, qmax), expected, atol=1e-6)
     assert quantize_to_int(x, scale, zero_point, qmin, qmax).tolist() == [0.0, 1.0, 2.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("fractional", [False, True])
+def test_fused_fixed_fake_quantize_matches_the_autograd_one_in_value_and_gradient(fractional):
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3, 5, 5) * 3).requires_grad_()
+    scale = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
+    zero_point = torch.tensor([3.0, 7.25, 0.5] if fractional else [3.0, 7.0, 0.0]).view(1, 3, 1, 1)
+    expected = fake_quantize(x, scale, zero_point, 0, 15)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+    fused = fake_quantize_fixed(x, scale, zero_point, 0, 15, fractional)
+    (grad,) = torch.autograd.grad(fused.sum(), x)
+    assert torch.equal(fused, expected)
+    assert torch.equal(grad, expected_grad)
+    assert 0 < grad.sum() < grad.numel()  # some values were clipped (no gradient), most were not

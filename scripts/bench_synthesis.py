@@ -1,0 +1,165 @@
+"""Benchmark: how close a synthesis step gets to its floor, the teacher's forward + backward to the input.
+
+For each case (model @ resolution x batch) and speed variant, in a fresh process: a real Lightning fit of
+the BN-statistics synthesis module (BNS loss over every BN layer, Adam, cosine schedule, clamping),
+timed per step, then bare forward + backward passes of the same prepared teacher at the same batch and
+precision. Reports both medians, their ratio, images x iterations per second and peak memory. Random
+weights: speed does not depend on them.
+
+    python scripts/bench_synthesis.py --cases resnet20@32x128 resnet18@224x16 --out docs/perf/synthesis
+    python scripts/bench_synthesis.py --cases resnet20@32x128 --variants fp32 channels_last bf16 compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dfq.benchmark import StepTimer, autocast, machine, markdown_table, peak_memory, run_isolated, time_calls
+from dfq.io import atomic_path, save_json
+from dfq.models.cifar_resnet import cifar_resnet
+from dfq.models.normalization import Normalization
+from dfq.speed import SpeedConfig, to_memory_format
+from dfq.synthesis.generators import GeneratorConfig
+from dfq.synthesis.module import SynthesisModule, TeacherRunner
+
+CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10)
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1000)
+MODELS = {  # name -> (constructor, normalization constants)
+    "resnet20": (lambda: cifar_resnet(20), CIFAR),
+    "resnet18": (lambda: torchvision.models.resnet18(weights=None), IMAGENET),
+    "resnet50": (lambda: torchvision.models.resnet50(weights=None), IMAGENET),
+}
+VARIANTS = {  # name -> (speed switches, Lightning precision)
+    "fp32": ({}, "32-true"),
+    "channels_last": ({"channels_last": True}, "32-true"),
+    "bf16": ({}, "bf16-mixed"),
+    "compile": ({"compile": True, "static_shapes": True}, "32-true"),
+    "checkpointing": ({"checkpointing": True}, "32-true"),
+    "bf16+cl+compile": ({"channels_last": True, "compile": True, "static_shapes": True}, "bf16-mixed"),
+}
+COLUMNS = {
+    "model": "model",
+    "resolution": "input",
+    "batch": "batch",
+    "variant": "variant",
+    "bare_ms": "teacher fwd+bwd ms",
+    "step_ms": "synthesis step ms",
+    "ratio": "step / fwd+bwd",
+    "images_per_s": "images x iterations / s",
+    "peak_mib": "peak MiB",
+}
+
+
+def parse_case(text: str) -> dict[str, Any]:
+    """`resnet18@224x16` -> model resnet18, resolution 224, batch 16."""
+    try:
+        model, rest = text.split("@")
+        resolution, batch = (int(v) for v in rest.split("x"))
+    except ValueError:
+        raise SystemExit(f"--cases {text!r}: expected MODEL@RESOLUTIONxBATCH, e.g. resnet18@224x16") from None
+    if model not in MODELS:
+        raise SystemExit(f"--cases {text!r}: unknown model {model!r}; valid: {sorted(MODELS)}")
+    return {"model": model, "resolution": resolution, "batch": batch}
+
+
+def build(name: str, resolution: int) -> tuple[nn.Module, Normalization]:
+    make, (mean, std, classes) = MODELS[name]
+    return make().eval(), Normalization(mean, std, resolution, classes)
+
+
+def measure(case: dict[str, Any]) -> dict[str, Any]:
+    """One case and variant, in this process: synthesis steps in a Lightning fit, then bare passes."""
+    torch.manual_seed(0)
+    device = torch.device(case["device"])
+    switches, precision = VARIANTS[case["variant"]]
+    speed = SpeedConfig(**switches)
+    teacher, normalization = build(case["model"], case["resolution"])
+    batch, steps, warmup = case["batch"], case["steps"], case["warmup"]
+    recipe = GeneratorConfig(num_samples=batch, batch_size=batch, iterations=warmup + steps + 1, log_every=0)
+    runner = TeacherRunner(teacher, recipe, case["model"], speed)
+    module = SynthesisModule(runner, normalization, recipe, batch, None, seed=0)
+    timer = StepTimer()
+    trainer = pl.Trainer(
+        accelerator=device.type, devices=1, precision=precision, max_epochs=1,
+        limit_train_batches=recipe.iterations, logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, callbacks=[timer],
+    )  # fmt: skip
+    with peak_memory(device) as memory:
+        trainer.fit(module, DataLoader(range(recipe.iterations), batch_size=1))
+    step = timer.median(warmup)
+
+    x = to_memory_format(torch.randn(batch, *normalization.shape, device=device), speed).requires_grad_()
+
+    def bare() -> None:
+        x.grad = None
+        with autocast(precision, device):
+            logits = runner(x, record_bn=False)
+        logits.float().sum().backward()
+
+    floor = time_calls(bare, steps, warmup, device)
+    runner.close()
+    return {
+        **case,
+        "bare_ms": floor * 1e3,
+        "step_ms": step * 1e3,
+        "ratio": step / floor,
+        "images_per_s": batch / step,
+        "peak_mib": memory["peak_mib"],
+        "machine": machine(device),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=["resnet20@32x128"], help="MODEL@RESOLUTIONxBATCH")
+    parser.add_argument("--variants", nargs="+", default=["fp32"], choices=sorted(VARIANTS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a single measurement, run by run_isolated
+    args = parser.parse_args()
+    if args.one:
+        case = json.loads(args.one)
+        if case.get("threads"):
+            torch.set_num_threads(case["threads"])
+        print(json.dumps(measure(case)), flush=True)
+        return
+    rows = []
+    for text in args.cases:
+        for variant in args.variants:
+            case = {**parse_case(text), "variant": variant, "device": args.device, "steps": args.steps,
+                    "warmup": args.warmup, "threads": args.threads}  # fmt: skip
+            rows.append(run_isolated(__file__, case))
+            print(json.dumps(rows[-1]), flush=True)
+    report(rows, args.out, COLUMNS)
+
+
+def report(rows: list[dict[str, Any]], out: Path | None, columns: dict[str, str]) -> None:
+    """Print the markdown table (and the machine); with `out`, write it and the raw rows."""
+    good = [r for r in rows if "error" not in r]
+    text = markdown_table(good, columns)
+    text += "".join(f"\n\nfailed: {r['model']}@{r['resolution']} {r['variant']}: {r['error']}" for r in rows
+                    if "error" in r)  # fmt: skip
+    if good:
+        text += f"\n\nmachine: {good[0]['machine']}"
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_json(rows, out.with_suffix(".json"))
+        with atomic_path(out.with_suffix(".md")) as tmp:
+            tmp.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
