@@ -26,6 +26,7 @@ from dfq.data.source import DataSource
 from dfq.data.synthetic import read_samples
 from dfq.distill.distill import distill
 from dfq.distill.module import FinetuneConfig
+from dfq.distributed import World, launch
 from dfq.evaluate import top1
 from dfq.models.load import ModelEntry, build_model, normalization_from
 from dfq.quant.bn import fold_batchnorm
@@ -70,7 +71,7 @@ def draw_real(teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource) ->
 
 
 def real_source(
-    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None
+    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None, world=None
 ) -> SampleSet:
     """Real training images (`source: real`), saved to `path` when given."""
     samples = draw_real(teacher, recipe, data)
@@ -80,7 +81,7 @@ def real_source(
 
 
 def saved_source(
-    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None
+    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None, world=None
 ) -> SampleSet:
     """A set saved earlier (`source: saved`, `generator.path`), checked to fit the teacher; the part
     used is written to `path` when given, like every source's samples."""
@@ -91,10 +92,10 @@ def saved_source(
 
 
 def synthesis_source(
-    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None
+    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None, world=None
 ) -> SampleSet:
     """Inputs optimized against the teacher (`source: synthesis`), resumable through `path`."""
-    return synthesize(teacher, recipe, path, options, speed)
+    return synthesize(teacher, recipe, path, options, speed, world)
 
 
 SAMPLE_SOURCES = {"synthesis": synthesis_source, "real": real_source, "saved": saved_source}
@@ -107,10 +108,11 @@ def make_samples(
     path: str | Path | None = None,
     trainer_options: dict[str, Any] | None = None,
     speed: SpeedConfig | None = None,
+    world: World | None = None,
 ) -> SampleSet:
-    """Samples from the recipe's source (a `SAMPLE_SOURCES` entry): synthesized from the teacher,
-    real training images, or a saved set."""
-    return SAMPLE_SOURCES[recipe.source](teacher, recipe, data, path, trainer_options, speed)
+    """Samples from the recipe's source (a `SAMPLE_SOURCES` entry): synthesized from the teacher (split
+    across the ranks of `world`), real training images, or a saved set."""
+    return SAMPLE_SOURCES[recipe.source](teacher, recipe, data, path, trainer_options, speed, world)
 
 
 def compress(
@@ -140,11 +142,13 @@ def evaluate_source(
     test: Any,
     trainer_options: dict[str, Any],
     out_dir: Path | None = None,
+    export: bool = True,
 ) -> dict[str, float]:
     """Calibrate and (optionally) distill a student on `samples`; its test accuracy after each.
 
     With `out_dir`: distillation checkpoints in `out_dir/checkpoints` (a rerun resumes), and the final
-    student exported to `out_dir/quantized.pt` + `.json` (`python -m dfq.evaluate` reads it).
+    student exported to `out_dir/quantized.pt` + `.json` (`python -m dfq.evaluate` reads it) unless
+    `export` is False (ranks other than 0).
     """
     student = compress(teacher.module, samples, config.quant, config.calibrate)
     result = {"ptq_top1": top1(student, test, config.evaluate.batch_size)}
@@ -156,7 +160,7 @@ def evaluate_source(
             student, teacher.module, samples.x, finetune, labels, trainer_options, checkpoints, config.speed
         )
         result["qat_top1"] = top1(student, test, config.evaluate.batch_size)
-    if out_dir:
+    if out_dir and export:
         export_quantized(student, out_dir / "quantized.pt", {"model": teacher.name})
     return result
 
@@ -202,15 +206,18 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     teacher = load_teacher(cfg.model, data)
     test = limit(data.split("test", teacher.normalization), config.evaluate.max_samples)
     options = trainer_options(cfg)
+    world = launch(options)  # trainer=ddp: from here on, one process per device
     sources = {config.generator.name: config.generator, **config.compare}
     results = {}
     for name, recipe in sources.items():
         log.info("data source %s: %d samples from %s", name, recipe.num_samples, recipe.source)
         path = sample_path(config, teacher, recipe, run_dir)
-        samples = make_samples(teacher, recipe, data, path, options, config.speed)
-        save_grid(samples, teacher.normalization, run_dir / f"samples_{name}.png")
-        log_sample_grid(options.get("logger"), samples, teacher.normalization, f"samples/{name}")
-        results[name] = evaluate_source(teacher, samples, config, test, options, run_dir / "students" / name)
+        samples = make_samples(teacher, recipe, data, path, options, config.speed, world)
+        if world.is_zero:
+            save_grid(samples, teacher.normalization, run_dir / f"samples_{name}.png")
+            log_sample_grid(options.get("logger"), samples, teacher.normalization, f"samples/{name}")
+        out_dir = run_dir / "students" / name
+        results[name] = evaluate_source(teacher, samples, config, test, options, out_dir, world.is_zero)
     main = results[config.generator.name]
     metrics = {
         "model": teacher.name,
@@ -226,7 +233,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "seed": config.seed,
         "wall_time_s": round(time.time() - start, 1),
     }
-    record(run_dir, metrics, cfg)
-    log_final(options["logger"], metrics, cfg)
-    print(format_table(metrics), flush=True)
+    if world.is_zero:
+        record(run_dir, metrics, cfg)
+        log_final(options["logger"], metrics, cfg)
+        print(format_table(metrics), flush=True)
     return metrics

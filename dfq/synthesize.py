@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 import dfq
+from dfq.distributed import World, single_device
+from dfq.errors import UserError
 from dfq.faults import FiniteLossGuard, InterruptedRun, fit
 from dfq.models.load import ModelEntry
 from dfq.speed import SpeedConfig
@@ -129,13 +131,18 @@ def synthesize(
     path: str | Path | None = None,
     trainer_options: dict[str, Any] | None = None,
     speed: SpeedConfig | None = None,
+    world: World | None = None,
 ) -> SampleSet:
     """Produce `recipe.num_samples` samples; with `path`, write each finished batch beside it and
     skip finished batches on a rerun, then write the whole set to `path` atomically.
 
     A complete file already at `path` from the same recipe is returned as it is. `speed` switches
-    (channels_last, compile, checkpointing) change how fast, not what is computed.
+    (channels_last, compile, checkpointing) change how fast, not what is computed. With a `world` of
+    several ranks, each rank makes its share of the batches and rank 0 gathers them through `path`.
     """
+    world = world or World()
+    if world.size > 1 and not path:
+        raise UserError("synthesis on several ranks needs an output path: the ranks gather through it")
     trainer_options = {"logger": False, "enable_progress_bar": False, **(trainer_options or {})}
     meta = sample_metadata(teacher, recipe)
     if path and Path(path).is_file():
@@ -144,11 +151,35 @@ def synthesize(
             log.info("reusing the finished sample set %s", path)
             return existing
     parts_dir = Path(f"{path}.parts") if path else None
-    parts = []
     sizes = batch_sizes(recipe.num_samples, recipe.batch_size)
-    runner = None
+    if world.size > 1:
+        trainer_options = single_device(trainer_options, world)
+    parts = make_parts(teacher, recipe, sizes, meta, parts_dir, trainer_options, speed, world)
+    if world.size > 1:
+        return gather_parts(path, parts_dir, sizes, meta, world)
+    samples = SampleSet.concatenate(parts, meta)
+    if path:
+        samples.save(path)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return samples
+
+
+def make_parts(
+    teacher: ModelEntry,
+    recipe: GeneratorConfig,
+    sizes: list[int],
+    meta: dict[str, Any],
+    parts_dir: Path | None,
+    trainer_options: dict[str, Any],
+    speed: SpeedConfig | None,
+    world: World,
+) -> list[SampleSet]:
+    """This rank's batches, each reused from `parts_dir` when finished before, else made and saved."""
+    parts, runner = [], None
     try:
         for index, size in enumerate(sizes):
+            if not world.owns(index):
+                continue
             part_path = parts_dir / f"batch_{index:05d}.pt" if parts_dir else None
             part = finished_part(part_path, meta, size)
             if part is None:
@@ -163,11 +194,23 @@ def synthesize(
     finally:
         if runner:
             runner.close()
-    samples = SampleSet.concatenate(parts, meta)
-    if path:
-        samples.save(path)
+    return parts
+
+
+def gather_parts(
+    path: str | Path, parts_dir: Path, sizes: list[int], meta: dict[str, Any], world: World
+) -> SampleSet:
+    """Once every rank has saved its batches, rank 0 joins them into `path`; then every rank reads it."""
+    world.barrier()
+    if world.is_zero:
+        parts = [finished_part(parts_dir / f"batch_{i:05d}.pt", meta, size) for i, size in enumerate(sizes)]
+        missing = [i for i, part in enumerate(parts) if part is None]
+        if missing:
+            raise RuntimeError(f"batches {missing} of {path} were not written by their ranks")
+        SampleSet.concatenate(parts, meta).save(path)
         shutil.rmtree(parts_dir, ignore_errors=True)
-    return samples
+    world.barrier()
+    return SampleSet.load(path)
 
 
 def default_logger_name(cfg: DictConfig) -> None:
@@ -182,6 +225,7 @@ def default_logger_name(cfg: DictConfig) -> None:
 def synthesize_from_config(cfg: DictConfig) -> SampleSet:
     """The command line's work: build the teacher, make (or resume) the set, write file and grid."""
     from dfq.config import validate
+    from dfq.distributed import launch
     from dfq.pipeline import load_teacher, make_samples, trainer_options
     from dfq.record import log_sample_grid, save_grid
 
@@ -190,8 +234,11 @@ def synthesize_from_config(cfg: DictConfig) -> SampleSet:
     data = hydra.utils.instantiate(cfg.dataset) if cfg.get("dataset") else None
     teacher = load_teacher(cfg.model, data)
     options = trainer_options(cfg)
+    world = launch(options)  # trainer=ddp: one process per device, each making its share of batches
     out = Path(config.out)
-    samples = make_samples(teacher, config.generator, data, out, options, config.speed)
+    samples = make_samples(teacher, config.generator, data, out, options, config.speed, world)
+    if not world.is_zero:
+        return samples
     if config.grid:
         save_grid(samples, teacher.normalization, out.with_suffix(".png"))
         log_sample_grid(

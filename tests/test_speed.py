@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -35,6 +36,20 @@ def test_channels_last_and_checkpointing_give_the_eager_samples():
     reference = samples(None)
     for speed in (SpeedConfig(channels_last=True), SpeedConfig(checkpointing=True)):
         torch.testing.assert_close(samples(speed), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpointed_blocks_with_batchnorm_inside_give_the_eager_samples():
+    """BN hooks inside a recomputed block run again in the backward pass and must save the same tensors."""
+    tiny = make_tiny_entry()
+    m = tiny.module
+    blocks = torch.nn.Sequential(
+        torch.nn.Sequential(m.conv1, m.bn1, m.relu1),
+        torch.nn.Sequential(m.conv2, m.bn2, m.relu2, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), m.fc),
+    )
+    entry = dataclasses.replace(tiny, module=blocks.eval())
+    reference = synthesize(entry, RECIPE, trainer_options=CPU).x
+    checkpointed = synthesize(entry, RECIPE, trainer_options=CPU, speed=SpeedConfig(checkpointing=True)).x
+    torch.testing.assert_close(checkpointed, reference, rtol=1e-4, atol=1e-4)
 
 
 def test_compiled_teacher_gives_the_eager_samples_and_compiles_once_per_batch_shape():

@@ -65,11 +65,10 @@ class TeacherRunner:
         if not self.bn_stats:
             return self.forward(x)
         self.bn_stats.clear()
+        # left as set until the next call: checkpointed blocks re-run their hooks in the backward pass
+        # and must save the same tensors again (their records are dropped by the next clear)
         self.bn_stats.recording = record_bn
-        try:
-            return self.forward(x)
-        finally:
-            self.bn_stats.recording = False  # checkpointed blocks re-run their hooks in the backward pass
+        return self.forward(x)
 
     def close(self) -> None:
         if self.bn_stats:
