@@ -71,3 +71,16 @@ def test_out_of_range_value_fails_before_work(override: str, message: str):
     cfg = compose_run(override)
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
+
+
+def test_slurm_launcher_gives_one_task_per_device_of_the_ddp_trainer():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs dfq[cluster]")
+    with initialize_config_module("dfq.conf", version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["paths.output_dir=/tmp/x", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"],
+            return_hydra_config=True,
+        )
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == 4 and launcher["nodes"] == 1
