@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 import dfq
-from dfq.distributed import World, single_device
+from dfq.distributed import World, launch, single_device
 from dfq.errors import UserError
 from dfq.faults import FiniteLossGuard, InterruptedRun, fit
 from dfq.models.load import ModelEntry
@@ -225,7 +225,6 @@ def default_logger_name(cfg: DictConfig) -> None:
 def synthesize_from_config(cfg: DictConfig) -> SampleSet:
     """The command line's work: build the teacher, make (or resume) the set, write file and grid."""
     from dfq.config import validate
-    from dfq.distributed import launch
     from dfq.pipeline import load_teacher, make_samples, trainer_options
     from dfq.record import log_sample_grid, save_grid
 

@@ -102,6 +102,7 @@ class BatchNormStatistics:
             )
         self.per_sample = per_sample
         self.recording = True
+        self.keep = True  # False: compute (a recomputed checkpoint block must save the same) but keep none
         self.layers: list[LayerStatistics] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -115,7 +116,8 @@ class BatchNormStatistics:
             stats.elements = x.numel() // x.shape[1]
             if self.per_sample:
                 stats.sample_mean, stats.sample_var = per_sample_statistics(x)
-            self.layers.append(stats)
+            if self.keep:
+                self.layers.append(stats)
 
         return record
 

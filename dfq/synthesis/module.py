@@ -65,10 +65,12 @@ class TeacherRunner:
         if not self.bn_stats:
             return self.forward(x)
         self.bn_stats.clear()
-        # left as set until the next call: checkpointed blocks re-run their hooks in the backward pass
-        # and must save the same tensors again (their records are dropped by the next clear)
-        self.bn_stats.recording = record_bn
-        return self.forward(x)
+        self.bn_stats.recording, self.bn_stats.keep = record_bn, True
+        logits = self.forward(x)
+        # checkpointed blocks re-run their hooks in the backward pass: they must compute (and save for
+        # backward) what they did, but keeping those records would hold the recomputed activations
+        self.bn_stats.keep = False
+        return logits
 
     def close(self) -> None:
         if self.bn_stats:
