@@ -42,7 +42,8 @@ VARIANTS = {  # name -> (speed switches, Lightning precision)
     "fp32": ({}, "32-true"),
     "channels_last": ({"channels_last": True}, "32-true"),
     "bf16": ({}, "bf16-mixed"),
-    "compile": ({"compile": True, "static_shapes": True}, "32-true"),
+    "compile": ({"compile": True}, "32-true"),
+    "compile+static": ({"compile": True, "static_shapes": True}, "32-true"),
     "checkpointing": ({"checkpointing": True}, "32-true"),
     "bf16+cl+compile": ({"channels_last": True, "compile": True, "static_shapes": True}, "bf16-mixed"),
 }

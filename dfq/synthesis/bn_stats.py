@@ -44,19 +44,35 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     ]
 
 
+def welford_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance from a BatchNorm statistics kernel (one Welford pass)."""
+    if x.is_cuda:
+        mean, invstd = torch.batch_norm_stats(x, eps)
+    else:
+        _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
+    return mean.float(), invstd.float().pow(-2) - eps
+
+
+def row_sum_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same from sums and sums of squares over each sample's contiguous rows: about twice as fast
+    as the BatchNorm kernel for a contiguous fp32 batch on the CPU, exact to float32 rounding for
+    activations whose mean is within a few hundred standard deviations of zero."""
+    rows = x.reshape(x.shape[0], x.shape[1], -1)
+    count = rows.shape[0] * rows.shape[2]
+    mean = rows.sum(2).sum(0) / count
+    var = torch.linalg.vecdot(rows, rows).sum(0) / count - mean.square()
+    return mean, var.clamp_min_(0.0)
+
+
 class ChannelStatistics(torch.autograd.Function):
-    """Per-channel mean and biased variance of a (N, C, ...) batch, differentiable, in one fused pass
-    each way: a Welford BatchNorm kernel forward, one multiply-add backward. `torch.var_mean` over
-    dims (0, 2, 3) costs several times a convolution on CPU and builds a chain of full-size ops for
-    its gradient."""
+    """Per-channel mean and biased variance of a (N, C, ...) batch, differentiable, one fused pass
+    each way: a reduction forward, one multiply-add backward. `torch.var_mean` over dims (0, 2, 3)
+    costs several times a convolution on CPU and builds a chain of full-size ops for its gradient."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.is_cuda:
-            mean, invstd = torch.batch_norm_stats(x, eps)
-        else:
-            _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
-        mean, var = mean.float(), invstd.float().pow(-2) - eps
+        fast_rows = x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+        mean, var = row_sum_statistics(x) if fast_rows else welford_statistics(x, eps)
         ctx.save_for_backward(x, mean)
         return mean, var
 

@@ -52,10 +52,17 @@ def test_layers_without_running_statistics_are_skipped():
         BatchNormStatistics(model, "untracked")
 
 
-@pytest.mark.parametrize("shape", [(8, 4, 5, 5), (16, 3), (4, 6, 3, 3, 2)])
-def test_channel_statistics_and_their_gradient_match_var_mean(shape):
+@pytest.mark.parametrize(
+    ("shape", "layout"),
+    [((8, 4, 5, 5), "rows"), ((8, 4, 5, 5), "channels_last"), ((16, 3), "rows"), ((4, 6, 3, 3, 2), "rows")],
+)
+def test_channel_statistics_and_their_gradient_match_var_mean(shape, layout):
+    """Both reductions: row sums (contiguous fp32 on the CPU) and the Welford kernel (other layouts)."""
     torch.manual_seed(0)
-    x = (torch.randn(shape, dtype=torch.float64) * 3 + 5).float().requires_grad_()
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 5).float()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     mean, var = channel_statistics(x)
     dims = [d for d in range(x.dim()) if d != 1]
     ref_var, ref_mean = torch.var_mean(x, dim=dims, correction=0)
