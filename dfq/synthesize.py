@@ -80,16 +80,13 @@ def synthesize_batch(
     index: int,
     size: int,
     trainer_options: dict[str, Any],
-    runner: TeacherRunner | None = None,
+    runner: TeacherRunner,
 ) -> SampleSet:
-    """Optimize batch number `index` (seeded from the recipe's seed and the index) and return it.
-
-    `runner`: the teacher prepared once for the whole set (hooks, speed switches); None makes one."""
+    """Optimize batch number `index` (seeded from the recipe's seed and the index) and return it;
+    `runner` is the teacher prepared once for the whole set (hooks, speed switches)."""
     seed = recipe.seed * 1_000_003 + index
     labels = batch_labels(recipe, teacher, index, size, seed)
-    module = SynthesisModule(
-        runner or teacher.module, teacher.normalization, recipe, size, labels, seed, teacher.name, index
-    )
+    module = SynthesisModule(runner, teacher.normalization, recipe, size, labels, seed, teacher.name, index)
     if recipe.iterations > 0:
         trainer = pl.Trainer(
             max_epochs=1,
