@@ -95,6 +95,24 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
     result["peak_mib"] = max(0, high_water - before) / 2**20
 
 
+@contextlib.contextmanager
+def saved_for_backward() -> Iterator[dict[str, float]]:
+    """MiB of distinct tensor storage autograd saves for the backward pass of the enclosed forward:
+    the activation memory a step holds, on any device (what checkpointing trades for recomputation).
+    Tensors saved inside a checkpointed region are not kept, and not counted."""
+    storages: dict[int, int] = {}
+    result: dict[str, float] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield result
+    result["saved_mib"] = sum(storages.values()) / 2**20
+
+
 def machine(device: torch.device) -> str:
     """One line naming the hardware and software a measurement ran on."""
     cpu = platform.processor() or platform.machine()

@@ -23,7 +23,16 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dfq.benchmark import StepTimer, autocast, machine, markdown_table, peak_memory, run_isolated, time_calls
+from dfq.benchmark import (
+    StepTimer,
+    autocast,
+    machine,
+    markdown_table,
+    peak_memory,
+    run_isolated,
+    saved_for_backward,
+    time_calls,
+)
 from dfq.io import atomic_path, save_json
 from dfq.models.cifar_resnet import cifar_resnet
 from dfq.models.normalization import Normalization
@@ -57,6 +66,7 @@ COLUMNS = {
     "ratio": "step / fwd+bwd",
     "images_per_s": "images x iterations / s",
     "peak_mib": "peak MiB",
+    "saved_mib": "saved for backward MiB",
 }
 
 
@@ -107,6 +117,9 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
         logits.float().sum().backward()
 
     floor = time_calls(bare, steps, warmup, device)
+    with autocast(precision, device), saved_for_backward() as saved:
+        total, _, _ = module.losses()  # one step's forward: what it keeps for the backward pass
+    total.float().backward()
     runner.close()
     return {
         **case,
@@ -115,6 +128,7 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
         "ratio": step / floor,
         "images_per_s": batch / step,
         "peak_mib": memory["peak_mib"],
+        "saved_mib": saved["saved_mib"],
         "machine": machine(device),
     }
 

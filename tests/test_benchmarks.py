@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
-from dfq.benchmark import StepTimer, markdown_table, time_calls
+from dfq.benchmark import StepTimer, markdown_table, saved_for_backward, time_calls
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -58,3 +59,13 @@ def test_time_calls_measures_the_call():
 def test_markdown_table_formats_numbers_and_missing_values():
     table = markdown_table([{"a": 1.23456, "b": None}, {"a": 123.456, "b": "x"}], {"a": "A", "b": "B"})
     assert table.splitlines() == ["| A | B |", "|---|---|", "| 1.23 | - |", "| 123.5 | x |"]
+
+
+def test_saved_for_backward_counts_activations_and_what_checkpointing_drops():
+    x = torch.randn(256, 1024, requires_grad=True)  # 1 MiB
+    with saved_for_backward() as plain:
+        x.exp().exp().sum()  # each exp saves its 1 MiB output
+    with saved_for_backward() as recomputed:
+        checkpoint(lambda t: t.exp().exp(), x, use_reentrant=False).sum()
+    assert plain["saved_mib"] == pytest.approx(2.0)
+    assert recomputed["saved_mib"] == pytest.approx(1.0)  # only the region's input, kept to recompute
