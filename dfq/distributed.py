@@ -9,10 +9,14 @@ into one set. Distillation is Lightning's DDP on that set, the teacher replicate
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from dfq.errors import UserError
 
@@ -49,11 +53,6 @@ def is_distributed(trainer_options: dict[str, Any]) -> bool:
 def check_not_multirun() -> None:
     """Lightning starts extra ranks by re-running the command line; under `-m` each would re-run the whole
     sweep. Cluster launchers (hydra/launcher=slurm) start each job's ranks themselves."""
-    import os
-
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     spawning = "LOCAL_RANK" not in os.environ and "SLURM_PROCID" not in os.environ
     if spawning and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise UserError(
