@@ -23,8 +23,9 @@ class SpeedConfig:
     """How the teacher (synthesis) and the student and teacher (distillation) are run.
 
     `compile`: `torch.compile` with `compile_backend` and `compile_mode` ("reduce-overhead" records
-    CUDA graphs). `static_shapes`: compile for fixed shapes only (`dynamic=False`) and drop ragged
-    last batches in distillation, so that nothing is recompiled and graphs can be replayed.
+    CUDA graphs). `static_shapes`: compile for fixed shapes only (`dynamic=False`): one graph per
+    batch shape, never a dynamic-shape one (distillation always drops a ragged last batch, and a
+    synthesis set has at most two batch shapes).
     `checkpointing`: recompute the activations of each block of the teacher in the backward pass
     instead of storing them: larger synthesis batches where memory binds, at about one more forward.
     """
