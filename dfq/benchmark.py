@@ -7,6 +7,7 @@ and allocator state of one configuration never leak into the next.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -16,11 +17,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+
+from dfq.io import atomic_path, save_json
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -147,3 +151,68 @@ def markdown_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
     lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(key)) for key in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def parse_case(text: str, models: Collection[str]) -> dict[str, Any]:
+    """`resnet18@224x16` -> model resnet18, resolution 224, batch 16."""
+    try:
+        model, rest = text.split("@")
+        resolution, batch = (int(v) for v in rest.split("x"))
+    except ValueError:
+        raise SystemExit(f"--cases {text!r}: expected MODEL@RESOLUTIONxBATCH, e.g. resnet18@224x16") from None
+    if model not in models:
+        raise SystemExit(f"--cases {text!r}: unknown model {model!r}; valid: {sorted(models)}")
+    return {"model": model, "resolution": resolution, "batch": batch}
+
+
+def report(rows: list[dict[str, Any]], out: Path | None, columns: dict[str, str]) -> None:
+    """Print the markdown table (and the machine); with `out`, write it and the raw rows."""
+    good = [r for r in rows if "error" not in r]
+    text = markdown_table(good, columns)
+    text += "".join(f"\n\nfailed: {r['model']}@{r['resolution']} {r['variant']}: {r['error']}" for r in rows
+                    if "error" in r)  # fmt: skip
+    if good:
+        text += f"\n\nmachine: {good[0]['machine']}"
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_json(rows, out.with_suffix(".json"))
+        with atomic_path(out.with_suffix(".md")) as tmp:
+            tmp.write_text(text + "\n")
+
+
+def command_line(
+    script: str,
+    doc: str,
+    measure: Callable[[dict[str, Any]], dict[str, Any]],
+    columns: dict[str, str],
+    models: Collection[str],
+    variants: Collection[str],
+    default_case: str,
+) -> None:
+    """The shared command line of the bench scripts: every case x variant measured by `measure` in a
+    fresh process (`--one`), then one table."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=[default_case], help="MODEL@RESOLUTIONxBATCH")
+    parser.add_argument("--variants", nargs="+", default=["fp32"], choices=sorted(variants))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a single measurement, run by run_isolated
+    args = parser.parse_args()
+    if args.one:
+        case = json.loads(args.one)
+        if case.get("threads"):
+            torch.set_num_threads(case["threads"])
+        print(json.dumps(measure(case)), flush=True)
+        return
+    rows = []
+    for text in args.cases:
+        for variant in args.variants:
+            case = {**parse_case(text, models), "variant": variant, "device": args.device,
+                    "steps": args.steps, "warmup": args.warmup, "threads": args.threads}  # fmt: skip
+            rows.append(run_isolated(script, case))
+            print(json.dumps(rows[-1]), flush=True)
+    report(rows, args.out, columns)

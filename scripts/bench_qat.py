@@ -11,9 +11,7 @@ run's peak memory.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_synthesis import VARIANTS, build, parse_case, report  # noqa: E402
+from bench_synthesis import MODELS, VARIANTS, build  # noqa: E402
 
-from dfq.benchmark import StepTimer, machine, peak_memory, run_isolated  # noqa: E402
+from dfq.benchmark import StepTimer, command_line, machine, peak_memory  # noqa: E402
 from dfq.distill.module import DistillationModule, FinetuneConfig  # noqa: E402
 from dfq.quant.calibrate import calibrate  # noqa: E402
 from dfq.quant.policy import QuantPolicy  # noqa: E402
@@ -84,31 +82,7 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
-    parser.add_argument("--cases", nargs="+", default=["resnet20@32x64"], help="MODEL@RESOLUTIONxBATCH")
-    parser.add_argument("--variants", nargs="+", default=["fp32"], choices=sorted(VARIANTS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
-    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        case = json.loads(args.one)
-        if case.get("threads"):
-            torch.set_num_threads(case["threads"])
-        print(json.dumps(measure(case)), flush=True)
-        return
-    rows = []
-    for text in args.cases:
-        for variant in args.variants:
-            case = {**parse_case(text), "variant": variant, "device": args.device, "steps": args.steps,
-                    "warmup": args.warmup, "threads": args.threads}  # fmt: skip
-            rows.append(run_isolated(__file__, case))
-            print(json.dumps(rows[-1]), flush=True)
-    report(rows, args.out, COLUMNS)
+    command_line(__file__, __doc__, measure, COLUMNS, MODELS, VARIANTS, "resnet20@32x64")
 
 
 if __name__ == "__main__":

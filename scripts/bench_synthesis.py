@@ -12,9 +12,6 @@ weights: speed does not depend on them.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -26,14 +23,12 @@ from torch.utils.data import DataLoader
 from dfq.benchmark import (
     StepTimer,
     autocast,
+    command_line,
     machine,
-    markdown_table,
     peak_memory,
-    run_isolated,
     saved_for_backward,
     time_calls,
 )
-from dfq.io import atomic_path, save_json
 from dfq.models.cifar_resnet import cifar_resnet
 from dfq.models.normalization import Normalization
 from dfq.speed import SpeedConfig, to_memory_format
@@ -68,18 +63,6 @@ COLUMNS = {
     "peak_mib": "peak MiB",
     "saved_mib": "saved for backward MiB",
 }
-
-
-def parse_case(text: str) -> dict[str, Any]:
-    """`resnet18@224x16` -> model resnet18, resolution 224, batch 16."""
-    try:
-        model, rest = text.split("@")
-        resolution, batch = (int(v) for v in rest.split("x"))
-    except ValueError:
-        raise SystemExit(f"--cases {text!r}: expected MODEL@RESOLUTIONxBATCH, e.g. resnet18@224x16") from None
-    if model not in MODELS:
-        raise SystemExit(f"--cases {text!r}: unknown model {model!r}; valid: {sorted(MODELS)}")
-    return {"model": model, "resolution": resolution, "batch": batch}
 
 
 def build(name: str, resolution: int) -> tuple[nn.Module, Normalization]:
@@ -134,47 +117,7 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
-    parser.add_argument("--cases", nargs="+", default=["resnet20@32x128"], help="MODEL@RESOLUTIONxBATCH")
-    parser.add_argument("--variants", nargs="+", default=["fp32"], choices=sorted(VARIANTS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
-    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # a single measurement, run by run_isolated
-    args = parser.parse_args()
-    if args.one:
-        case = json.loads(args.one)
-        if case.get("threads"):
-            torch.set_num_threads(case["threads"])
-        print(json.dumps(measure(case)), flush=True)
-        return
-    rows = []
-    for text in args.cases:
-        for variant in args.variants:
-            case = {**parse_case(text), "variant": variant, "device": args.device, "steps": args.steps,
-                    "warmup": args.warmup, "threads": args.threads}  # fmt: skip
-            rows.append(run_isolated(__file__, case))
-            print(json.dumps(rows[-1]), flush=True)
-    report(rows, args.out, COLUMNS)
-
-
-def report(rows: list[dict[str, Any]], out: Path | None, columns: dict[str, str]) -> None:
-    """Print the markdown table (and the machine); with `out`, write it and the raw rows."""
-    good = [r for r in rows if "error" not in r]
-    text = markdown_table(good, columns)
-    text += "".join(f"\n\nfailed: {r['model']}@{r['resolution']} {r['variant']}: {r['error']}" for r in rows
-                    if "error" in r)  # fmt: skip
-    if good:
-        text += f"\n\nmachine: {good[0]['machine']}"
-    print(text)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_json(rows, out.with_suffix(".json"))
-        with atomic_path(out.with_suffix(".md")) as tmp:
-            tmp.write_text(text + "\n")
+    command_line(__file__, __doc__, measure, COLUMNS, MODELS, VARIANTS, "resnet20@32x128")
 
 
 if __name__ == "__main__":
