@@ -40,9 +40,11 @@ class SpeedConfig:
     def __post_init__(self) -> None:
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"speed.compile_mode={self.compile_mode!r} is invalid; valid: {COMPILE_MODES}")
-        backends = torch._dynamo.list_backends(exclude_tags=())
-        if self.compile and self.compile_backend not in backends:
-            raise ValueError(f"speed.compile_backend={self.compile_backend!r} is invalid; valid: {backends}")
+        if self.compile:  # listing backends imports dynamo: only when compiling
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile_backend not in backends:
+                backend = self.compile_backend
+                raise ValueError(f"speed.compile_backend={backend!r} is invalid; valid: {backends}")
 
     @property
     def memory_format(self) -> torch.memory_format:
