@@ -27,6 +27,7 @@ from dfq.data.synthetic import read_samples
 from dfq.distill.distill import distill
 from dfq.distill.module import FinetuneConfig
 from dfq.distributed import World, launch
+from dfq.errors import UserError
 from dfq.evaluate import top1
 from dfq.models.load import ModelEntry, build_model, normalization_from
 from dfq.quant.bn import fold_batchnorm
@@ -182,6 +183,12 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 def trainer_options(cfg: DictConfig) -> dict[str, Any]:
     """Lightning Trainer options from the `trainer` group, with the configured logger attached."""
+    accelerator = cfg.trainer.get("accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer=cpu, or "
+            "trainer.accelerator=cpu trainer.precision=32-true (with trainer=ddp: gloo processes on the CPU)"
+        )
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     return {"logger": logger, "enable_progress_bar": False, **cfg.trainer}
 

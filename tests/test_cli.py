@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tiny digits settings: 8x8 images, a teacher trained for a few epochs, a handful of samples.
 TINY = [
@@ -54,6 +55,11 @@ def test_multirun_over_two_generators(tmp_path: Path):
         ("generator.num_samples=-5", "generator.num_samples=-5 is invalid"),
         ("model.checkpoint=/nonexistent/x.pt model.train_if_missing=null", "checkpoint not found"),
         ("dataset=cifar10_npz dataset.train=/no/a.npz dataset.test=/no/b.npz", "archive not found: /no/"),
+        pytest.param(
+            "trainer=ddp",
+            "trainer.accelerator=gpu but no CUDA GPU is visible",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here"),
+        ),
     ],
 )
 def test_user_error_is_one_line_with_status_2(tmp_path: Path, override: str, needle: str):
