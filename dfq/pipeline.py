@@ -209,10 +209,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     config = validate(cfg)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     run_dir = Path(run_dir)
+    options = trainer_options(cfg)
     data: DataSource = hydra.utils.instantiate(cfg.dataset)
     teacher = load_teacher(cfg.model, data)
     test = limit(data.split("test", teacher.normalization), config.evaluate.max_samples)
-    options = trainer_options(cfg)
     world = launch(options)  # trainer=ddp: from here on, one process per device
     sources = {config.generator.name: config.generator, **config.compare}
     results = {}

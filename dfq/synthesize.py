@@ -228,8 +228,8 @@ def synthesize_from_config(cfg: DictConfig) -> SampleSet:
     default_logger_name(cfg)
     config = validate(cfg)
     data = hydra.utils.instantiate(cfg.dataset) if cfg.get("dataset") else None
-    teacher = load_teacher(cfg.model, data)
     options = trainer_options(cfg)
+    teacher = load_teacher(cfg.model, data)
     world = launch(options)  # trainer=ddp: one process per device, each making its share of batches
     out = Path(config.out)
     samples = make_samples(teacher, config.generator, data, out, options, config.speed, world)
