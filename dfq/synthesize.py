@@ -149,11 +149,22 @@ def synthesize(
             return existing
     parts_dir = Path(f"{path}.parts") if path else None
     sizes = batch_sizes(recipe.num_samples, recipe.batch_size)
-    if world.size > 1:
-        trainer_options = single_device(trainer_options, world)
+    trainer_options = single_device(trainer_options, world)
     parts = make_parts(teacher, recipe, sizes, meta, parts_dir, trainer_options, speed, world)
     if world.size > 1:
         return gather_parts(path, parts_dir, sizes, meta, world)
+    return write_set(parts, meta, path, parts_dir)
+
+
+def part_file(parts_dir: Path, index: int) -> Path:
+    """Where finished batch `index` waits until the whole set is written."""
+    return parts_dir / f"batch_{index:05d}.pt"
+
+
+def write_set(
+    parts: list[SampleSet], meta: dict[str, Any], path: str | Path | None, parts_dir: Path | None
+) -> SampleSet:
+    """The finished batches as one set, written to `path` (when given) before their parts are removed."""
     samples = SampleSet.concatenate(parts, meta)
     if path:
         samples.save(path)
@@ -177,7 +188,7 @@ def make_parts(
         for index, size in enumerate(sizes):
             if not world.owns(index):
                 continue
-            part_path = parts_dir / f"batch_{index:05d}.pt" if parts_dir else None
+            part_path = part_file(parts_dir, index) if parts_dir else None
             part = finished_part(part_path, meta, size)
             if part is None:
                 log.info("synthesizing batch %d/%d (%d samples, %d iterations)", index + 1, len(sizes),
@@ -200,12 +211,11 @@ def gather_parts(
     """Once every rank has saved its batches, rank 0 joins them into `path`; then every rank reads it."""
     world.barrier()
     if world.is_zero:
-        parts = [finished_part(parts_dir / f"batch_{i:05d}.pt", meta, size) for i, size in enumerate(sizes)]
+        parts = [finished_part(part_file(parts_dir, i), meta, size) for i, size in enumerate(sizes)]
         missing = [i for i, part in enumerate(parts) if part is None]
         if missing:
             raise RuntimeError(f"batches {missing} of {path} were not written by their ranks")
-        SampleSet.concatenate(parts, meta).save(path)
-        shutil.rmtree(parts_dir, ignore_errors=True)
+        write_set(parts, meta, path, parts_dir)
     world.barrier()
     return SampleSet.load(path)
 
