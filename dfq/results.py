@@ -3,13 +3,15 @@
 Each run directory holds `metrics.json` and the resolved `config.yaml` (dfq.record). One result is one
 data source of one run; results that share every protocol field are aggregated over seeds (mean and
 sample standard deviation), so a number is only ever averaged with numbers measured the same way.
+A CSV written here keeps each row's seeds, means and standard deviations, so it can be read back and
+merged with new runs (more seeds, more rows) without the run directories it came from.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import statistics
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -62,7 +64,8 @@ MEASURED = ("seed", "fp_top1", "top1", "ptq_top1", "wall_time_s")
 PROTOCOL = tuple(f.name for f in fields(Result) if f.name not in MEASURED)
 SECTION = ("experiment", "model", "first_last_bits", "granularity", "symmetry", "observer", "placement")
 SECTION += ("calibration", "protocol", "num_samples", "test_samples")
-SUMMARY_COLUMNS = (*PROTOCOL, "seeds", "fp_top1", "top1_mean", "top1_std", "ptq_top1_mean", "wall_time_s")
+SUMMARY_COLUMNS = (*PROTOCOL, "seeds", "seed_list", "fp_top1", "top1_mean", "top1_std")
+SUMMARY_COLUMNS += ("ptq_top1_mean", "ptq_top1_std", "wall_time_s")
 MARKDOWN_COLUMNS = {
     "model": "model",
     "fp_top1": "FP top-1",
@@ -195,37 +198,144 @@ def sort_key(row: dict[str, Any]) -> tuple:
     )
 
 
-def aggregate(results: Sequence[Result]) -> list[dict[str, Any]]:
-    """One row per protocol (every field but the seed and the measurements): mean and std over seeds."""
-    groups: dict[tuple, list[Result]] = {}
-    for result in results:
-        groups.setdefault(tuple(getattr(result, name) for name in PROTOCOL), []).append(result)
-    rows = []
-    for key, members in groups.items():
-        top1 = [member.top1 for member in members]
-        rows.append(
-            {
-                **dict(zip(PROTOCOL, key, strict=True)),
-                "seeds": len({member.seed for member in members}),
-                "fp_top1": statistics.fmean(member.fp_top1 for member in members),
-                "top1_mean": statistics.fmean(top1),
-                "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
-                "ptq_top1_mean": statistics.fmean(member.ptq_top1 for member in members),
-                "wall_time_s": statistics.fmean(member.wall_time_s for member in members),
-            }
+@dataclass(frozen=True)
+class Tally:
+    """What one protocol's runs measured: their seeds, and count, mean and sum of squared deviations
+    of top-1 (final and after calibration), mergeable with another tally (Chan et al.'s update)."""
+
+    seeds: frozenset[int]
+    top1: tuple[float, float]  # mean, sum of squared deviations from it
+    ptq_top1: tuple[float, float]
+    fp_top1: float  # means
+    wall_time_s: float
+
+    @classmethod
+    def of(cls, result: Result) -> Tally:
+        return cls(
+            frozenset({result.seed}),
+            (result.top1, 0.0),
+            (result.ptq_top1, 0.0),
+            result.fp_top1,
+            result.wall_time_s,
         )
+
+    def __add__(self, other: Tally) -> Tally:
+        n, m = len(self.seeds), len(other.seeds)
+
+        def moments(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+            delta = b[0] - a[0]
+            return a[0] + delta * m / (n + m), a[1] + b[1] + delta**2 * n * m / (n + m)
+
+        def mean(a: float, b: float) -> float:
+            return (a * n + b * m) / (n + m)
+
+        return Tally(
+            self.seeds | other.seeds,
+            moments(self.top1, other.top1),
+            moments(self.ptq_top1, other.ptq_top1),
+            mean(self.fp_top1, other.fp_top1),
+            mean(self.wall_time_s, other.wall_time_s),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The measured columns of a table row."""
+        n = len(self.seeds)
+
+        def std(moments: tuple[float, float]) -> float | None:
+            return math.sqrt(moments[1] / (n - 1)) if n > 1 else None
+
+        return {
+            "seeds": n,
+            "seed_list": " ".join(map(str, sorted(self.seeds))),
+            "fp_top1": self.fp_top1,
+            "top1_mean": self.top1[0],
+            "top1_std": std(self.top1),
+            "ptq_top1_mean": self.ptq_top1[0],
+            "ptq_top1_std": std(self.ptq_top1),
+            "wall_time_s": self.wall_time_s,
+        }
+
+
+def merge(tallies: dict[tuple, Tally], key: tuple, tally: Tally) -> None:
+    """Add `tally` to the one of its protocol; a seed measured twice is an error, not a second sample."""
+    previous = tallies.get(key)
+    if previous is None:
+        tallies[key] = tally
+        return
+    twice = previous.seeds & tally.seeds
+    if twice:
+        row = dict(zip(PROTOCOL, key, strict=True))
+        raise ResultsError(
+            f"seed {sorted(twice)} of {row['experiment']} {row['data_source']} {column_name(column(row))} "
+            "is measured twice: pass each run (or a table that holds it) only once"
+        )
+    tallies[key] = previous + tally
+
+
+def aggregate(results: Sequence[Result], tables: Sequence[dict[tuple, Tally]] = ()) -> list[dict[str, Any]]:
+    """One row per protocol (every field but the seed and the measurements): mean and std over seeds,
+    the runs' results merged with the rows of earlier `tables` (`read_table`)."""
+    tallies: dict[tuple, Tally] = {}
+    for table in tables:
+        for key, tally in table.items():
+            merge(tallies, key, tally)
+    for result in results:
+        merge(tallies, tuple(getattr(result, name) for name in PROTOCOL), Tally.of(result))
+    rows = [{**dict(zip(PROTOCOL, key, strict=True)), **t.summary()} for key, t in tallies.items()]
     return sorted(rows, key=sort_key)
 
 
-def setting(row: dict[str, Any]) -> str:
-    """The table column of a row: bits and whether the student was fine-tuned, e.g. `W4A4 QAT`."""
-    return f"W{row['w_bits']}A{row['a_bits']} {MODE_LABELS[row['mode']]}"
+FIELD_TYPES = {"int": int, "float": float, "str": str}
 
 
-def accuracy(row: dict[str, Any]) -> str:
-    """`mean ± std` of a row's top-1 (the mean alone for a single seed)."""
-    std = row["top1_std"]
-    return f"{row['top1_mean']:.2f}" if std is None else f"{row['top1_mean']:.2f} ± {std:.2f}"
+def read_table(path: str | Path) -> dict[tuple, Tally]:
+    """The rows of a CSV written by `write_csv`, as tallies to merge with new runs."""
+    try:
+        with Path(path).open(newline="") as file:
+            rows = list(csv.DictReader(file))
+    except OSError as error:
+        raise ResultsError(f"results table not readable: {path} ({error.strerror})") from error
+    missing = set(SUMMARY_COLUMNS) - set(rows[0] if rows else ())
+    if missing:
+        raise ResultsError(f"{path} is not a results table written by dfq: no column {sorted(missing)}")
+    types = {f.name: FIELD_TYPES[f.type] for f in fields(Result)}
+    return {tuple(types[name](row[name]) for name in PROTOCOL): table_tally(row, path) for row in rows}
+
+
+def table_tally(row: dict[str, str], path: str | Path) -> Tally:
+    """One CSV row back as a tally (its standard deviations back to sums of squared deviations)."""
+    seeds = frozenset(int(seed) for seed in row["seed_list"].split())
+    if len(seeds) != int(row["seeds"]):
+        raise ResultsError(f"{path}: seed_list {row['seed_list']!r} does not hold {row['seeds']} seeds")
+
+    def moments(name: str) -> tuple[float, float]:
+        std = row[f"{name}_std"]
+        if len(seeds) > 1 and not std:
+            raise ResultsError(f"{path}: {name}_std is empty in a row of {len(seeds)} seeds")
+        return float(row[f"{name}_mean"]), float(std or 0.0) ** 2 * (len(seeds) - 1)
+
+    return Tally(
+        seeds, moments("top1"), moments("ptq_top1"), float(row["fp_top1"]), float(row["wall_time_s"])
+    )
+
+
+Column = tuple[int, int, int]  # -weight bits, -activation bits, mode index: the table's column order
+Cell = tuple[float, float | None]  # mean, std (None for a single seed)
+
+
+def column(row: dict[str, Any], mode: str | None = None) -> Column:
+    """The table column of a row (or of its `mode` result), e.g. W4A4 QAT."""
+    return (-row["w_bits"], -row["a_bits"], MODES.index(mode or row["mode"]))
+
+
+def column_name(key: Column) -> str:
+    """`W4A4 QAT`: bits and whether the student was fine-tuned."""
+    return f"W{-key[0]}A{-key[1]} {MODE_LABELS[MODES[key[2]]]}"
+
+
+def accuracy(mean: float, std: float | None) -> str:
+    """`mean ± std` (the mean alone for a single seed)."""
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def sections(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -242,17 +352,17 @@ def row_label(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
     return row["data_source"] if len(budgets) == 1 else f"{row['data_source']} ({row['iterations']} it)"
 
 
-def column_key(row: dict[str, Any]) -> tuple[int, int, int]:
-    """Table column order: PTQ before QAT, then more weight bits, then more activation bits first."""
-    return (MODES.index(row["mode"]), -row["w_bits"], -row["a_bits"])
-
-
-def pivot(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
-    """Row labels, column labels and cells (`mean ± std`) of one section's table."""
+def pivot(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[Column], dict[tuple[str, Column], Cell]]:
+    """Row labels, columns and cells of one section's table. A fine-tuned row also fills the PTQ
+    column of its bits with its calibrated student's top-1, unless a calibration-only row does."""
+    cells: dict[tuple[str, Column], Cell] = {}
+    for row in rows:
+        label = row_label(row, rows)
+        if row["mode"] == "fine-tuned":
+            cells.setdefault((label, column(row, "calibrated")), (row["ptq_top1_mean"], row["ptq_top1_std"]))
+        cells[(label, column(row))] = (row["top1_mean"], row["top1_std"])
     labels = list(dict.fromkeys(row_label(row, rows) for row in rows))
-    columns = list(dict.fromkeys(setting(row) for row in sorted(rows, key=column_key)))
-    cells = {(row_label(row, rows), setting(row)): accuracy(row) for row in rows}
-    return labels, columns, cells
+    return labels, sorted({key for _, key in cells}), cells
 
 
 def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
@@ -276,9 +386,13 @@ def section_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
         f"test images, mean ± std over {'/'.join(map(str, seeds))} seeds."
     )
     labels, columns, cells = pivot(rows)
-    body = [[label, *(cells.get((label, column), "-") for column in columns)] for label in labels]
+    body = [
+        [label, *(accuracy(*cells[label, key]) if (label, key) in cells else "-" for key in columns)]
+        for label in labels
+    ]
+    header = ["data source", *map(column_name, columns)]
     heading = f"### {first['experiment']}: {first['model']} (FP top-1 {first['fp_top1']:.2f} %)"
-    return [heading, "", protocol, "", *markdown_table(["data source", *columns], body), ""]
+    return [heading, "", protocol, "", *markdown_table(header, body), ""]
 
 
 def long_row(row: dict[str, Any]) -> list[str]:
@@ -287,7 +401,7 @@ def long_row(row: dict[str, Any]) -> list[str]:
         **row,
         "bits": f"W{row['w_bits']}A{row['a_bits']}",
         "fp_top1": f"{row['fp_top1']:.2f}",
-        "top1": accuracy(row),
+        "top1": accuracy(row["top1_mean"], row["top1_std"]),
         "wall_time_s": f"{row['wall_time_s']:.0f}",
     }
     return [str(values[name]) for name in MARKDOWN_COLUMNS]
@@ -322,20 +436,19 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     groups = list(sections(rows).values())
     figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
     for axis, members in zip(axes[0], groups, strict=True):
-        labels, columns, _ = pivot(members)
+        labels, columns, cells = pivot(members)
         for label in labels:
-            points = [(columns.index(setting(r)), r) for r in members if row_label(r, members) == label]
-            points.sort(key=lambda point: point[0])
+            points = [(x, cells[label, key]) for x, key in enumerate(columns) if (label, key) in cells]
             axis.errorbar(
                 [x for x, _ in points],
-                [r["top1_mean"] for _, r in points],
-                yerr=[r["top1_std"] or 0.0 for _, r in points],
+                [mean for _, (mean, _) in points],
+                yerr=[std or 0.0 for _, (_, std) in points],
                 marker="o",
                 capsize=3,
                 label=label,
             )
         axis.axhline(members[0]["fp_top1"], color="grey", linestyle="--", label="full precision")
-        axis.set_xticks(range(len(columns)), columns, rotation=30)
+        axis.set_xticks(range(len(columns)), [column_name(key) for key in columns], rotation=30)
         axis.set_xlim(-0.5, len(columns) - 0.5)
         axis.set_ylim(0, 100)
         axis.set_ylabel("test top-1 %")
@@ -348,12 +461,15 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 
 def write_report(roots: Iterable[str | Path], prefix: str | Path, title: str = "Results") -> dict[str, Path]:
-    """Collect every run under `roots`; write `<prefix>.csv`, `.md` and `.png`; return their paths."""
+    """Collect every run under `roots` (folders) and the rows of earlier tables among them (`.csv` files
+    this module wrote); write `<prefix>.csv`, `.md` and `.png`; return their paths."""
     roots = [Path(root) for root in roots]
-    results = collect(roots)
-    if not results:
+    tables = [read_table(root) for root in roots if root.suffix == ".csv"]
+    folders = [root for root in roots if root.suffix != ".csv"]
+    results = collect(folders)
+    if not results and not any(tables):
         raise ResultsError(f"no run directories (with metrics.json) under {', '.join(map(str, roots))}")
-    rows = aggregate(results)
+    rows = aggregate(results, tables)
     prefix = Path(prefix)
     paths = {kind: prefix.with_name(f"{prefix.name}.{kind}") for kind in ("csv", "md", "png")}
     write_csv(rows, paths["csv"])

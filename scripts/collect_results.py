@@ -4,7 +4,11 @@
         --out docs/results/cifar10_resnet20
 
 writes <out>.csv, <out>.md and <out>.png. Every folder under the given roots that holds a metrics.json
-is one run; results are aggregated only across runs whose protocol columns all agree.
+is one run; results are aggregated only across runs whose protocol columns all agree. A .csv root is
+a table written earlier: its rows are merged with the new runs (more seeds, more rows), e.g.
+
+    python scripts/collect_results.py docs/results/cifar10_resnet20.csv outputs/<new sweep> \
+        --out docs/results/cifar10_resnet20
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dfq.results import write_report
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", type=Path, help="run or sweep directories to search")
+    parser.add_argument("roots", nargs="+", type=Path, help="run or sweep folders, and .csv tables to extend")
     parser.add_argument("--out", type=Path, help="output prefix (default: <first root>/results)")
     parser.add_argument("--title", default="Results", help="heading of the markdown file")
     args = parser.parse_args(argv)

@@ -6,12 +6,21 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from dfq.results import SUMMARY_COLUMNS, ResultsError, aggregate, collect, to_markdown, write_report
+from dfq.results import (
+    SUMMARY_COLUMNS,
+    ResultsError,
+    aggregate,
+    collect,
+    read_table,
+    to_markdown,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,9 +151,10 @@ def test_compare_sources_of_one_run_become_rows(tmp_path):
 def test_markdown_table_rows_and_columns(sweep):
     text = to_markdown(aggregate(collect([sweep])))
     lines = text.splitlines()
-    header = lines.index("| data source | W8A8 PTQ | W4A4 QAT |")
-    assert lines[header + 2] == "| real | 91.00 ± 1.41 | 87.00 ± 1.41 |"
-    assert lines[header + 3] == "| bn_stats | 91.00 ± 0.00 | 86.00 ± 1.41 |"
+    # the W4A4 PTQ column: the QAT runs' calibrated students (80.0 in every run of the fixture)
+    header = lines.index("| data source | W8A8 PTQ | W4A4 PTQ | W4A4 QAT |")
+    assert lines[header + 2] == "| real | 91.00 ± 1.41 | 80.00 ± 0.00 | 87.00 ± 1.41 |"
+    assert lines[header + 3] == "| bn_stats | 91.00 ± 0.00 | 80.00 ± 0.00 | 86.00 ± 1.41 |"
     assert "### table: resnet20 (FP top-1 91.50 %)" in text
     assert "mean ± std over 2 seeds" in text and "QAT epochs 30" in text
     long_header = next(line for line in lines if line.startswith("| model | FP top-1 |"))
@@ -181,3 +191,48 @@ def test_unreadable_run_is_named(tmp_path):
     (tmp_path / "a" / "config.yaml").unlink()
     with pytest.raises(ResultsError, match="is not a complete dfq run"):
         collect([tmp_path])
+
+
+def test_a_calibration_only_run_fills_its_ptq_column_before_a_qat_run_does(tmp_path):
+    fake_run(tmp_path / "a", "real", (4, 4), 0, 70.0, qat=85.0)
+    fake_run(tmp_path / "b", "real", (4, 4), 1, 75.0)
+    lines = to_markdown(aggregate(collect([tmp_path]))).splitlines()
+    header = lines.index("| data source | W4A4 PTQ | W4A4 QAT |")
+    assert lines[header + 2] == "| real | 75.00 | 85.00 |"
+
+
+def test_a_written_table_extended_with_new_seeds_equals_one_collection_of_all(sweep, tmp_path):
+    """Seeds 0-1 written to CSV, then merged with seeds 2-3: the same rows as aggregating all four."""
+    for job, (seed, w8a8, w4a4, ptq) in enumerate([(2, 95.0, 83.0, 79.0), (3, 89.0, 90.0, 84.0)]):
+        fake_run(tmp_path / "more" / str(job), "real", (8, 8), seed, w8a8)
+        fake_run(tmp_path / "more" / f"q{job}", "real", (4, 4), seed, ptq, qat=w4a4)
+    first = write_report([sweep], tmp_path / "first")["csv"]
+    merged = aggregate(collect([tmp_path / "more"]), [read_table(first)])
+    at_once = aggregate(collect([sweep, tmp_path / "more"]))
+    assert len(merged) == len(at_once) == 4
+    for a, b in zip(merged, at_once, strict=True):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            assert value == (pytest.approx(b[key]) if isinstance(value, float) else b[key]), key
+    real_w4 = merged[1]
+    assert real_w4["seed_list"] == "0 1 2 3" and real_w4["top1_mean"] == pytest.approx(86.75)
+    assert real_w4["ptq_top1_std"] == pytest.approx(statistics.stdev([80.0, 80.0, 79.0, 84.0]))
+    # a report takes the table as a root and can rewrite it in place
+    write_report([first, tmp_path / "more"], tmp_path / "first")
+    rewritten = aggregate([], [read_table(first)])
+    assert [row["seed_list"] for row in rewritten] == ["0 1 2 3", "0 1 2 3", "0 1", "0 1"]
+    assert rewritten[0]["top1_std"] == pytest.approx(merged[0]["top1_std"])
+
+
+def test_a_seed_merged_twice_is_an_error(sweep, tmp_path):
+    table = read_table(write_report([sweep], tmp_path / "t")["csv"])
+    with pytest.raises(ResultsError, match=r"seed \[0\] of table real W8A8 PTQ is measured twice"):
+        aggregate(collect([sweep]), [table])
+
+
+def test_a_csv_that_is_not_a_dfq_table_is_named(tmp_path):
+    (tmp_path / "other.csv").write_text("model,top1\nresnet20,91.0\n")
+    with pytest.raises(ResultsError, match="other.csv is not a results table written by dfq: no column"):
+        read_table(tmp_path / "other.csv")
+    with pytest.raises(ResultsError, match="results table not readable"):
+        read_table(tmp_path / "missing.csv")

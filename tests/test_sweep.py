@@ -123,7 +123,7 @@ def test_miniature_table_sweep_end_to_end(tmp_path, cli_env):
     assert float(cells["real", "W8A8 calibrated"]["top1_mean"]) > 85  # 8-bit calibration on real digits
 
     lines = (tmp_path / "table.md").read_text().splitlines()
-    header = lines.index("| data source | W8A8 PTQ | W4A4 QAT |")
+    header = lines.index("| data source | W8A8 PTQ | W4A4 PTQ | W4A4 QAT |")
     assert [line.split(" | ")[0] for line in lines[header + 2 : header + 4]] == ["| real", "| bn_stats"]
     assert all(" ± " in line for line in lines[header + 2 : header + 4])
     assert (tmp_path / "table.png").stat().st_size > 10_000
