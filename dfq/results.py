@@ -200,8 +200,8 @@ def sort_key(row: dict[str, Any]) -> tuple:
 
 @dataclass(frozen=True)
 class Tally:
-    """What one protocol's runs measured: their seeds, and count, mean and sum of squared deviations
-    of top-1 (final and after calibration), mergeable with another tally (Chan et al.'s update)."""
+    """What one protocol's runs measured: their seeds (one run each), and the mean and sum of squared
+    deviations of top-1, final and after calibration; two tallies merge exactly (Chan et al.'s update)."""
 
     seeds: frozenset[int]
     top1: tuple[float, float]  # mean, sum of squared deviations from it
