@@ -319,18 +319,20 @@ def table_tally(row: dict[str, str], path: str | Path) -> Tally:
     )
 
 
-Column = tuple[int, int, int]  # -weight bits, -activation bits, mode index: the table's column order
+Column = tuple[
+    int, int, int
+]  # mode index, -weight bits, -activation bits: PTQ columns first, more bits first
 Cell = tuple[float, float | None]  # mean, std (None for a single seed)
 
 
 def column(row: dict[str, Any], mode: str | None = None) -> Column:
     """The table column of a row (or of its `mode` result), e.g. W4A4 QAT."""
-    return (-row["w_bits"], -row["a_bits"], MODES.index(mode or row["mode"]))
+    return (MODES.index(mode or row["mode"]), -row["w_bits"], -row["a_bits"])
 
 
 def column_name(key: Column) -> str:
     """`W4A4 QAT`: bits and whether the student was fine-tuned."""
-    return f"W{-key[0]}A{-key[1]} {MODE_LABELS[MODES[key[2]]]}"
+    return f"W{-key[1]}A{-key[2]} {MODE_LABELS[MODES[key[0]]]}"
 
 
 def accuracy(mean: float, std: float | None) -> str:
@@ -383,7 +385,7 @@ def section_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
         f"observers {first['observer']}, activations at {first['placement']}, first/last layers at "
         f"{first_last}, calibration {first['calibration']}; {first['num_samples']} samples "
         f"per source; QAT epochs {'/'.join(map(str, epochs)) or '-'}; top-1 % on {first['test_samples']} "
-        f"test images, mean ± std over {'/'.join(map(str, seeds))} seeds."
+        f"test images, mean ± std over seeds (seeds per row: {'/'.join(map(str, seeds))})."
     )
     labels, columns, cells = pivot(rows)
     body = [
@@ -427,7 +429,8 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 
 def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Top-1 vs bit setting, one line per data source and one panel per section, as PNG."""
+    """Top-1 vs bit setting, one panel per section, one colour per data source: a solid line through
+    its calibrated (PTQ) columns, a dashed one through its fine-tuned (QAT) columns, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -437,21 +440,33 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
     for axis, members in zip(axes[0], groups, strict=True):
         labels, columns, cells = pivot(members)
-        for label in labels:
-            points = [(x, cells[label, key]) for x, key in enumerate(columns) if (label, key) in cells]
-            axis.errorbar(
-                [x for x, _ in points],
-                [mean for _, (mean, _) in points],
-                yerr=[std or 0.0 for _, (_, std) in points],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
+        for index, label in enumerate(labels):
+            legend = label  # one legend entry per data source, on its first line
+            for mode, style in enumerate(("-", "--")):
+                points = [
+                    (x, cells[label, key])
+                    for x, key in enumerate(columns)
+                    if key[0] == mode and (label, key) in cells
+                ]
+                if not points:
+                    continue
+                axis.errorbar(
+                    [x for x, _ in points],
+                    [mean for _, (mean, _) in points],
+                    yerr=[std or 0.0 for _, (_, std) in points],
+                    color=f"C{index % 10}",
+                    linestyle=style,
+                    marker="o",
+                    capsize=3,
+                    label=legend,
+                )
+                legend = None
         axis.axhline(members[0]["fp_top1"], color="grey", linestyle="--", label="full precision")
         axis.set_xticks(range(len(columns)), [column_name(key) for key in columns], rotation=30)
         axis.set_xlim(-0.5, len(columns) - 0.5)
         axis.set_ylim(0, 100)
         axis.set_ylabel("test top-1 %")
+        axis.set_xlabel("solid: calibrated only (PTQ); dashed: fine-tuned (QAT)")
         axis.set_title(f"{members[0]['experiment']}: {members[0]['model']}")
         axis.legend(fontsize="small")
     figure.tight_layout()

@@ -156,7 +156,7 @@ def test_markdown_table_rows_and_columns(sweep):
     assert lines[header + 2] == "| real | 91.00 ± 1.41 | 80.00 ± 0.00 | 87.00 ± 1.41 |"
     assert lines[header + 3] == "| bn_stats | 91.00 ± 0.00 | 80.00 ± 0.00 | 86.00 ± 1.41 |"
     assert "### table: resnet20 (FP top-1 91.50 %)" in text
-    assert "mean ± std over 2 seeds" in text and "QAT epochs 30" in text
+    assert "mean ± std over seeds (seeds per row: 2)" in text and "QAT epochs 30" in text
     long_header = next(line for line in lines if line.startswith("| model | FP top-1 |"))
     for column in ("first/last bits", "granularity", "symmetry", "observer", "mode", "samples", "iterations"):
         assert f"| {column} |" in long_header
