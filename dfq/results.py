@@ -297,9 +297,15 @@ def read_table(path: str | Path) -> dict[tuple, Tally]:
         raise ResultsError(f"results table not readable: {path} ({error.strerror})") from error
     missing = set(SUMMARY_COLUMNS) - set(rows[0] if rows else ())
     if missing:
-        raise ResultsError(f"{path} is not a results table written by dfq: no column {sorted(missing)}")
+        raise ResultsError(
+            f"{path} is not a results table written by dfq: no column {sorted(missing)} "
+            "(a table without seed lists cannot be extended; collect its run directories instead)"
+        )
     types = {f.name: FIELD_TYPES[f.type] for f in fields(Result)}
-    return {tuple(types[name](row[name]) for name in PROTOCOL): table_tally(row, path) for row in rows}
+    try:
+        return {tuple(types[name](row[name]) for name in PROTOCOL): table_tally(row, path) for row in rows}
+    except ValueError as error:
+        raise ResultsError(f"{path} holds a value that is not a number where one belongs: {error}") from error
 
 
 def table_tally(row: dict[str, str], path: str | Path) -> Tally:
@@ -319,9 +325,8 @@ def table_tally(row: dict[str, str], path: str | Path) -> Tally:
     )
 
 
-Column = tuple[
-    int, int, int
-]  # mode index, -weight bits, -activation bits: PTQ columns first, more bits first
+# A table column, as its sort key: mode index, -weight bits, -activation bits (PTQ first, more bits first)
+Column = tuple[int, int, int]
 Cell = tuple[float, float | None]  # mean, std (None for a single seed)
 
 

@@ -236,3 +236,10 @@ def test_a_csv_that_is_not_a_dfq_table_is_named(tmp_path):
         read_table(tmp_path / "other.csv")
     with pytest.raises(ResultsError, match="results table not readable"):
         read_table(tmp_path / "missing.csv")
+
+
+def test_a_damaged_table_is_named(sweep, tmp_path):
+    path = write_report([sweep], tmp_path / "t")["csv"]
+    path.write_text(path.read_text().replace(",256,", ",two hundred,", 1))
+    with pytest.raises(ResultsError, match="t.csv holds a value that is not a number"):
+        read_table(path)
