@@ -21,14 +21,21 @@ from dfq.errors import UserError
 from dfq.results import write_report
 
 
+def default_prefix(first_root: Path) -> Path:
+    """Where the report goes without --out: over the table being extended, or beside the runs."""
+    return first_root.with_suffix("") if first_root.suffix == ".csv" else first_root / "results"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="run or sweep folders, and .csv tables to extend")
-    parser.add_argument("--out", type=Path, help="output prefix (default: <first root>/results)")
+    parser.add_argument(
+        "--out", type=Path, help="output prefix (default: <first root>/results, or a first .csv root itself)"
+    )
     parser.add_argument("--title", default="Results", help="heading of the markdown file")
     args = parser.parse_args(argv)
     try:
-        paths = write_report(args.roots, args.out or args.roots[0] / "results", args.title)
+        paths = write_report(args.roots, args.out or default_prefix(args.roots[0]), args.title)
     except UserError as error:
         print(f"collect_results: error: {error}", file=sys.stderr)
         return 2
