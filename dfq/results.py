@@ -292,10 +292,11 @@ def read_table(path: str | Path) -> dict[tuple, Tally]:
     """The rows of a CSV written by `write_csv`, as tallies to merge with new runs."""
     try:
         with Path(path).open(newline="") as file:
-            rows = list(csv.DictReader(file))
+            reader = csv.DictReader(file)
+            rows = list(reader)
     except OSError as error:
         raise ResultsError(f"results table not readable: {path} ({error.strerror})") from error
-    missing = set(SUMMARY_COLUMNS) - set(rows[0] if rows else ())
+    missing = set(SUMMARY_COLUMNS) - set(reader.fieldnames or ())
     if missing:
         raise ResultsError(
             f"{path} is not a results table written by dfq: no column {sorted(missing)} "
@@ -363,12 +364,14 @@ def pivot(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[Column], dict
     """Row labels, columns and cells of one section's table. A fine-tuned row also fills the PTQ
     column of its bits with its calibrated student's top-1, unless a calibration-only row does."""
     cells: dict[tuple[str, Column], Cell] = {}
+    labels: list[str] = []
     for row in rows:
         label = row_label(row, rows)
+        if label not in labels:
+            labels.append(label)
         if row["mode"] == "fine-tuned":
             cells.setdefault((label, column(row, "calibrated")), (row["ptq_top1_mean"], row["ptq_top1_std"]))
         cells[(label, column(row))] = (row["top1_mean"], row["top1_std"])
-    labels = list(dict.fromkeys(row_label(row, rows) for row in rows))
     return labels, sorted({key for _, key in cells}), cells
 
 
