@@ -84,3 +84,14 @@ def test_slurm_launcher_gives_one_task_per_device_of_the_ddp_trainer():
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == 4 and launcher["nodes"] == 1
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders():
+    def folders():
+        with initialize_config_module("dfq.conf", version_base="1.3"):
+            cfg = compose("config", overrides=["paths.output_dir=/tmp/x"], return_hydra_config=True)
+        return str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
+
+    first, second = folders(), folders()  # well within one second of each other
+    assert first[0] != second[0] and first[1] != second[1]
+    assert first[1].startswith("outputs/run/multiruns/")
