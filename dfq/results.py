@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dfq.errors import UserError
 from dfq.io import atomic_path
+from dfq.quant.observers import own_options
 
 SOURCE_ORDER = ("real", "gaussian", "inception", "bn_stats", "bn_stats_inception", "zeroq", "deepinversion")
 MODES = ("calibrated", "fine-tuned")  # calibration only (PTQ), then quantization-aware distillation (QAT)
@@ -104,8 +105,9 @@ def both_quantizers(quant: DictConfig, describe) -> str:
 
 
 def observer_name(spec: DictConfig) -> str:
-    """An observer with its options, e.g. `percentile(99.99)`."""
-    options = spec.get("observer_options") or {}
+    """An observer with the options it takes, e.g. `percentile(99.99)` (a preset's percentile is not
+    shown on `mse`, which ignores it)."""
+    options = own_options(spec.observer, spec.get("observer_options") or {})
     return f"{spec.observer}({','.join(str(v) for v in options.values())})" if options else str(spec.observer)
 
 

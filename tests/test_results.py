@@ -17,6 +17,7 @@ from dfq.results import (
     ResultsError,
     aggregate,
     collect,
+    observer_name,
     read_table,
     to_markdown,
     write_report,
@@ -128,6 +129,12 @@ def test_aggregates_over_seeds_only(sweep):
     assert real_w8["wall_time_s"] == pytest.approx(10.5)
     assert real_w8["observer"] == "w:minmax a:percentile(99.99)"
     assert real_w8["granularity"] == "w:per_channel a:per_tensor" and real_w8["symmetry"] == "w:asym a:asym"
+
+
+def test_observer_label_shows_only_the_options_the_observer_takes():
+    preset = {"observer_options": {"percentile": 99.99}}  # quant=strict, with observer= overridden
+    assert observer_name(OmegaConf.create(preset | {"observer": "percentile"})) == "percentile(99.99)"
+    assert observer_name(OmegaConf.create(preset | {"observer": "mse"})) == "mse"
 
 
 def test_different_protocols_are_not_averaged(tmp_path):

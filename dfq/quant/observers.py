@@ -11,6 +11,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -317,5 +318,13 @@ def make_observer(
     unknown = sorted(set(options) - known_options())
     if unknown:
         raise ValueError(f"observer option {unknown[0]!r} is unknown; valid for {name}: {sorted(own)}")
-    kept = {key: value for key, value in options.items() if key in own}
-    return OBSERVERS[name](channel_axis=channel_axis, grid=grid, **kept)
+    return OBSERVERS[name](channel_axis=channel_axis, grid=grid, **own_options(name, options))
+
+
+def own_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options the registered observer `name` takes; those of other observers dropped (all are
+    kept for a name not registered here)."""
+    if name not in OBSERVERS:
+        return dict(options)
+    own = accepted_options(OBSERVERS[name])
+    return {key: value for key, value in options.items() if key in own}
