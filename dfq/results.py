@@ -440,7 +440,8 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Top-1 vs bit setting, one panel per section, one colour per data source: a solid line through
-    its calibrated (PTQ) columns, a dashed one through its fine-tuned (QAT) columns, as PNG."""
+    its calibrated (PTQ) columns, a dashed one through its fine-tuned (QAT) columns, as PNG. The y axis
+    spans the data (not 0-100), so that sub-point gaps between sources stay visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -474,7 +475,6 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         axis.axhline(members[0]["fp_top1"], color="grey", linestyle="--", label="full precision")
         axis.set_xticks(range(len(columns)), [column_name(key) for key in columns], rotation=30)
         axis.set_xlim(-0.5, len(columns) - 0.5)
-        axis.set_ylim(0, 100)
         axis.set_ylabel("test top-1 %")
         axis.set_xlabel("solid: calibrated only (PTQ); dashed: fine-tuned (QAT)")
         axis.set_title(f"{members[0]['experiment']}: {members[0]['model']}")

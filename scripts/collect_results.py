@@ -26,16 +26,29 @@ def default_prefix(first_root: Path) -> Path:
     return first_root.with_suffix("") if first_root.suffix == ".csv" else first_root / "results"
 
 
+def earlier_title(prefix: Path) -> str | None:
+    """The heading of the markdown table at `prefix`, if one is there: extending a table keeps it."""
+    markdown = prefix.with_suffix(".md")
+    if not markdown.is_file():
+        return None
+    first = markdown.read_text(encoding="utf-8").partition("\n")[0]
+    return first.removeprefix("## ") if first.startswith("## ") else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="run or sweep folders, and .csv tables to extend")
     parser.add_argument(
         "--out", type=Path, help="output prefix (default: <first root>/results, or a first .csv root itself)"
     )
-    parser.add_argument("--title", default="Results", help="heading of the markdown file")
+    parser.add_argument(
+        "--title", help="heading of the markdown file (default: that of the table at --out, else Results)"
+    )
     args = parser.parse_args(argv)
+    prefix = args.out or default_prefix(args.roots[0])
+    title = args.title or earlier_title(prefix) or "Results"
     try:
-        paths = write_report(args.roots, args.out or default_prefix(args.roots[0]), args.title)
+        paths = write_report(args.roots, prefix, title)
     except UserError as error:
         print(f"collect_results: error: {error}", file=sys.stderr)
         return 2

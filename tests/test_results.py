@@ -185,13 +185,14 @@ def test_cli(sweep, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("collect_results", REPO / "scripts" / "collect_results.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main([str(sweep), "--out", str(tmp_path / "r")]) == 0
+    assert module.main([str(sweep), "--out", str(tmp_path / "r"), "--title", "Table 1"]) == 0
     assert (tmp_path / "r.md").is_file() and str(tmp_path / "r.csv") in capsys.readouterr().out
     # a table as the first root is extended in place by default
     assert module.main([str(tmp_path / "r.csv"), str(sweep)]) == 2  # the sweep's seeds are in it already
     assert "is measured twice" in capsys.readouterr().err
     assert module.main([str(tmp_path / "r.csv")]) == 0
     assert str(tmp_path / "r.md") in capsys.readouterr().out
+    assert (tmp_path / "r.md").read_text().startswith("## Table 1\n")  # the heading survives extending
     assert module.main([str(tmp_path / "nothing-here")]) == 2
     assert "results folder not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
