@@ -390,11 +390,12 @@ def section_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     epochs = sorted({row["epochs"] for row in rows if row["mode"] == "fine-tuned"})
     bits = first["first_last_bits"]
     first_last = "the target bits" if bits == "same" else f"{bits} bits"
+    qat = f"QAT epochs {'/'.join(map(str, epochs))}" if epochs else "calibration only (no QAT)"
     protocol = (
         f"Protocol {first['protocol']}: granularity {first['granularity']}, {first['symmetry']}, "
         f"observers {first['observer']}, activations at {first['placement']}, first/last layers at "
         f"{first_last}, calibration {first['calibration']}; {first['num_samples']} samples "
-        f"per source; QAT epochs {'/'.join(map(str, epochs)) or '-'}; top-1 % on {first['test_samples']} "
+        f"per source; {qat}; top-1 % on {first['test_samples']} "
         f"test images, mean ± std over seeds (seeds per row: {'/'.join(map(str, seeds))})."
     )
     labels, columns, cells = pivot(rows)

@@ -153,6 +153,7 @@ def test_compare_sources_of_one_run_become_rows(tmp_path):
     rows = aggregate(collect([tmp_path]))
     assert [r["data_source"] for r in rows] == ["real", "gaussian", "bn_stats"]
     assert [r["iterations"] for r in rows] == [0, 0, 500]
+    assert "calibration only (no QAT)" in to_markdown(rows)
 
 
 def test_markdown_table_rows_and_columns(sweep):
