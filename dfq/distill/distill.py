@@ -110,6 +110,8 @@ def distill(
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=max(1, math.ceil(len(loader) / 2)),
+        gradient_clip_val=config.grad_clip,
+        gradient_clip_algorithm="norm",
         **options,
     )
     with warnings.catch_warnings():  # without a hold-out split, skipping validation is intended

@@ -34,6 +34,7 @@ class FinetuneConfig:
     mixup: float = 0.0  # mixup of samples, Beta(mixup, mixup) weights; 0 = off
     freeze_bn: bool = True
     holdout: float = 0.0  # fraction of the samples held out; the lowest held-out KL picks the student
+    grad_clip: float | None = None  # largest gradient norm per step (None: no clipping)
     resume: bool = True  # continue from `last.ckpt` in the checkpoint folder, when there is one
     seed: int = 0
 
@@ -52,6 +53,7 @@ class FinetuneConfig:
             "augment_copies": (self.augment_copies >= 1, "an integer >= 1"),
             "mixup": (self.mixup >= 0, "a number >= 0 (0: off)"),
             "holdout": (0.0 <= self.holdout < 1.0, "a fraction in [0, 1)"),
+            "grad_clip": (self.grad_clip is None or self.grad_clip > 0, "null (off) or a positive norm"),
         }
         for key, (ok, valid) in checks.items():
             if not ok:

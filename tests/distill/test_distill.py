@@ -100,6 +100,21 @@ def test_checkpoints_are_written_and_a_rerun_resumes(tiny_entry, tmp_path):
         assert torch.equal(a, b), name  # nothing left to train: the checkpointed student comes back
 
 
+def step_size(student: nn.Module, teacher: nn.Module, x: torch.Tensor, grad_clip: float | None) -> float:
+    """Norm of the parameter change of one plain-SGD distillation step at lr 1."""
+    before = [p.detach().clone() for p in student.parameters()]
+    config = FinetuneConfig(epochs=1, batch_size=len(x), lr=1.0, momentum=0.0, grad_clip=grad_clip)
+    distill(student, teacher, x, config, trainer_options=TRAINER)
+    changes = [(p.detach() - b).flatten() for p, b in zip(student.parameters(), before, strict=True)]
+    return float(torch.cat(changes).norm())
+
+
+def test_gradient_clipping_bounds_the_step(tiny_entry):
+    teacher, student, x = setup(tiny_entry)
+    assert step_size(copy.deepcopy(student), teacher, x, None) > 0.01
+    assert step_size(student, teacher, x, 1e-3) == pytest.approx(1e-3, rel=1e-3)  # lr 1 x max norm
+
+
 @pytest.mark.parametrize("freeze_bn", [True, False])
 def test_student_batchnorm_frozen_or_updated(tiny_entry, freeze_bn):
     teacher, student, x = setup(tiny_entry)
@@ -116,7 +131,8 @@ def test_student_batchnorm_frozen_or_updated(tiny_entry, freeze_bn):
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("augment_copies", 0), ("mixup", -1.0), ("temperature", 0.0), ("epochs", -1)]
+    ("key", "value"),
+    [("augment_copies", 0), ("mixup", -1.0), ("temperature", 0.0), ("epochs", -1), ("grad_clip", 0.0)],
 )
 def test_invalid_finetune_values_name_the_key(key, value):
     with pytest.raises(ValueError, match=f"finetune.{key}"):
