@@ -314,10 +314,10 @@ def make_observer(
     """
     if name not in OBSERVERS:
         raise ValueError(f"unknown observer {name!r}; valid: {sorted(OBSERVERS)}")
-    own = accepted_options(OBSERVERS[name])
     unknown = sorted(set(options) - known_options())
     if unknown:
-        raise ValueError(f"observer option {unknown[0]!r} is unknown; valid for {name}: {sorted(own)}")
+        valid = sorted(accepted_options(OBSERVERS[name]))
+        raise ValueError(f"observer option {unknown[0]!r} is unknown; valid for {name}: {valid}")
     return OBSERVERS[name](channel_axis=channel_axis, grid=grid, **own_options(name, options))
 
 
