@@ -30,12 +30,14 @@ class ConfigError(UserError):
 
 @dataclass
 class InputConfig:
-    """A model's input contract: normalization, image size and class count."""
+    """A model's input contract: normalization, image size and class count, and the padding of the
+    random crops it was trained on (its BN statistics were recorded on them)."""
 
     mean: list[float] = MISSING
     std: list[float] = MISSING
     image_size: int = MISSING
     num_classes: int = MISSING
+    pad_crop: int = 0
 
 
 @dataclass

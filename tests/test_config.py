@@ -95,3 +95,16 @@ def test_runs_started_in_the_same_second_get_their_own_folders():
     first, second = folders(), folders()  # well within one second of each other
     assert first[0] != second[0] and first[1] != second[1]
     assert first[1].startswith("outputs/run/multiruns/")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pad_crop"),
+    [
+        (("model=resnet20", "generator=bn_stats"), 4),
+        (("model=resnet44", "generator=bn_stats_inception"), 4),
+        (("model=resnet20", "generator=deepinversion"), 0),  # published recipes keep their own priors
+        (("generator=bn_stats",), 0),  # the digits CNN is trained on uncropped images
+    ],
+)
+def test_bns_synthesis_crops_like_the_models_training(overrides: tuple[str, ...], pad_crop: int):
+    assert validate(compose_run(*overrides)).generator.pad_crop == pad_crop

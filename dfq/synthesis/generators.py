@@ -138,6 +138,7 @@ class GeneratorConfig:
     init: str = "gaussian"
     init_mean: Any = 0.0  # a number, or one per input channel (normalized space)
     init_std: Any = 1.0  # likewise
+    pad_crop: int = 0  # per-sample random crop from a black frame this wide (CIFAR's training augmentation)
     jitter: int = 0
     flip: bool = False
     blur_sigma: float = 0.0
@@ -168,6 +169,7 @@ class GeneratorConfig:
                 f"one of {sorted(LAYER_WEIGHTINGS)}",
             ),
             "losses": (set(self.loss_weights) <= set(LOSS_NAMES), f"names from {LOSS_NAMES}"),
+            "pad_crop": (self.pad_crop >= 0, "zero or more pixels"),
             "jitter": (self.jitter >= 0, "zero or more pixels"),
             "blur_sigma": (self.blur_sigma >= 0, "zero (off) or a positive width in pixels"),
         }

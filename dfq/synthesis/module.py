@@ -21,7 +21,7 @@ from dfq.synthesis.generators import (
     GeneratorConfig,
 )
 from dfq.synthesis.losses import BN_LOSSES, INPUT_LOSSES, LossContext, bn_kl_divergence, per_layer
-from dfq.synthesis.priors import blur, gaussian_kernel, jitter, random_flip
+from dfq.synthesis.priors import blur, gaussian_kernel, jitter, pad_crop, random_flip
 
 
 def initial_inputs(
@@ -135,7 +135,8 @@ class SynthesisModule(pl.LightningModule):
         self, record_bn: bool = True
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Total loss, each weighted term, and each BN layer's value of each BN term (unweighted)."""
-        x = random_flip(jitter(self.inputs, self.recipe.jitter, self.random), self.recipe.flip, self.random)
+        x = pad_crop(self.inputs, self.recipe.pad_crop, self.low, self.random)
+        x = random_flip(jitter(x, self.recipe.jitter, self.random), self.recipe.flip, self.random)
         record_bn = record_bn or self.recipe.uses_batchnorm
         logits = self.runner(x, record_bn)
         bn = self.bn_stats.layers if (record_bn and self.bn_stats) else []

@@ -45,8 +45,8 @@ def composed_recipe(name: str, overrides: tuple[str, ...]) -> GeneratorConfig:
 
 
 def objective(entry: ModelEntry, recipe: GeneratorConfig, x: torch.Tensor, labels) -> float:
-    """The recipe's loss on `x`, without the random jitter/flip (so two batches compare exactly)."""
-    still = dataclasses.replace(recipe, jitter=0, flip=False)
+    """The recipe's loss on `x`, without random crops, jitter or flips (so two batches compare exactly)."""
+    still = dataclasses.replace(recipe, pad_crop=0, jitter=0, flip=False)
     module = SynthesisModule(entry.module, entry.normalization, still, len(x), labels, 0, entry.name)
     with torch.no_grad():
         module.inputs.copy_(x)
@@ -172,6 +172,7 @@ def test_labels_follow_the_chosen_classes(tiny_entry):
         ("generator.layer_weighting=deep", "layer_weighting"),
         ("generator.init_std=-1.0", "init_std"),
         ("generator.schedule=step", "schedule"),
+        ("generator.pad_crop=-1", "generator.pad_crop=-1 is invalid"),
     ],
 )
 def test_bad_recipe_values_name_the_key(override: str, needle: str):
