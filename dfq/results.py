@@ -52,6 +52,7 @@ class Result:
     mode: str
     num_samples: int
     iterations: int
+    pad_crop: int  # the synthesis crops' padding (generator.pad_crop): it changes the samples
     epochs: int
     test_samples: int
     seed: int
@@ -67,6 +68,9 @@ SECTION = ("experiment", "model", "first_last_bits", "granularity", "symmetry", 
 SECTION += ("calibration", "protocol", "num_samples", "test_samples")
 SUMMARY_COLUMNS = (*PROTOCOL, "seeds", "seed_list", "fp_top1", "top1_mean", "top1_std")
 SUMMARY_COLUMNS += ("ptq_top1_mean", "ptq_top1_std", "wall_time_s")
+# Columns that tables written before them lack, with the value all of their runs had
+ADDED_COLUMNS = {"pad_crop": "0"}
+RECIPE_LABELS = {"iterations": "{} it", "pad_crop": "crop {}"}  # how a row label names a recipe field
 MARKDOWN_COLUMNS = {
     "model": "model",
     "fp_top1": "FP top-1",
@@ -82,6 +86,7 @@ MARKDOWN_COLUMNS = {
     "mode": "mode",
     "num_samples": "samples",
     "iterations": "iterations",
+    "pad_crop": "crop padding",
     "epochs": "epochs",
     "seeds": "seeds",
     "top1": "top-1 %",
@@ -165,13 +170,15 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
     for source, accuracy in metrics["sources"].items():
         recipe = source_recipe(cfg, source)
         tuned = fine_tuned and "qat_top1" in accuracy
+        synthesized = recipe.get("source") == "synthesis"
         results.append(
             Result(
                 **common,
                 data_source=source,
                 mode=MODES[tuned],
                 num_samples=int(recipe.num_samples),
-                iterations=int(recipe.get("iterations") or 0) if recipe.get("source") == "synthesis" else 0,
+                iterations=int(recipe.get("iterations") or 0) if synthesized else 0,
+                pad_crop=int(recipe.get("pad_crop") or 0) if synthesized else 0,
                 epochs=int(cfg.finetune.epochs) if tuned else 0,
                 top1=float(accuracy["qat_top1" if tuned else "ptq_top1"]),
                 ptq_top1=float(accuracy["ptq_top1"]),
@@ -298,17 +305,23 @@ def read_table(path: str | Path) -> dict[tuple, Tally]:
             rows = list(reader)
     except OSError as error:
         raise ResultsError(f"results table not readable: {path} ({error.strerror})") from error
-    missing = set(SUMMARY_COLUMNS) - set(reader.fieldnames or ())
+    missing = set(SUMMARY_COLUMNS) - set(reader.fieldnames or ()) - set(ADDED_COLUMNS)
     if missing:
         raise ResultsError(
             f"{path} is not a results table written by dfq: no column {sorted(missing)} "
             "(a table without seed lists cannot be extended; collect its run directories instead)"
         )
-    types = {f.name: FIELD_TYPES[f.type] for f in fields(Result)}
     try:
-        return {tuple(types[name](row[name]) for name in PROTOCOL): table_tally(row, path) for row in rows}
+        return {protocol_key(row): table_tally(row, path) for row in rows}
     except ValueError as error:
         raise ResultsError(f"{path} holds a value that is not a number where one belongs: {error}") from error
+
+
+def protocol_key(row: dict[str, str]) -> tuple:
+    """A CSV row's protocol fields, typed; a column added after the table was written takes the value
+    every run had before it existed."""
+    types = {f.name: FIELD_TYPES[f.type] for f in fields(Result)}
+    return tuple(types[name](row[name] if name in row else ADDED_COLUMNS[name]) for name in PROTOCOL)
 
 
 def table_tally(row: dict[str, str], path: str | Path) -> Tally:
@@ -357,9 +370,11 @@ def sections(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]
 
 
 def row_label(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
-    """The data source, with its iterations where the same source appears with several budgets."""
-    budgets = {other["iterations"] for other in rows if other["data_source"] == row["data_source"]}
-    return row["data_source"] if len(budgets) == 1 else f"{row['data_source']} ({row['iterations']} it)"
+    """The data source, with the recipe fields (iterations, crops) in which its rows differ."""
+    same = [other for other in rows if other["data_source"] == row["data_source"]]
+    differ = [name for name in RECIPE_LABELS if len({other[name] for other in same}) > 1]
+    details = ", ".join(RECIPE_LABELS[name].format(row[name]) for name in differ)
+    return f"{row['data_source']} ({details})" if details else row["data_source"]
 
 
 def pivot(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[Column], dict[tuple[str, Column], Cell]]:

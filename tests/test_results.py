@@ -35,6 +35,7 @@ def fake_run(
     qat: float | None = None,
     first_last_bits: int | None = None,
     compare: dict[str, float] | None = None,
+    pad_crop: int | None = None,
 ) -> Path:
     """A run directory as dfq.record writes it: metrics.json and the resolved config.yaml."""
     iterations = {"real": 0, "gaussian": 0}.get(generator, 500)
@@ -64,7 +65,8 @@ def fake_run(
         "experiment": "table",
         "task_name": "table",
         "seed": seed,
-        "generator": {"name": generator, "source": "synthesis", "num_samples": 256, "iterations": iterations},
+        "generator": {"name": generator, "source": "synthesis", "num_samples": 256, "iterations": iterations}
+        | ({} if pad_crop is None else {"pad_crop": pad_crop}),
         "compare": {
             name: {"name": name, "source": "real", "num_samples": 256, "iterations": 0}
             for name in compare or {}
@@ -146,6 +148,29 @@ def test_different_protocols_are_not_averaged(tmp_path):
         ("same", 90.0, 1),
     ]
     assert rows[0]["top1_std"] is None
+
+
+def test_samples_synthesized_through_crops_are_their_own_row(tmp_path):
+    fake_run(tmp_path / "a", "bn_stats", (4, 4), 0, 80.0)  # a run from before generator.pad_crop
+    fake_run(tmp_path / "b", "bn_stats", (4, 4), 0, 81.0, pad_crop=4)
+    rows = aggregate(collect([tmp_path]))
+    assert [(r["pad_crop"], r["top1_mean"]) for r in rows] == [(0, 80.0), (4, 81.0)]
+    assert "| bn_stats (crop 0) | 80.00 |" in to_markdown(rows)
+    assert "| bn_stats (crop 4) | 81.00 |" in to_markdown(rows)
+
+
+def test_a_table_written_before_the_crop_column_still_extends(tmp_path):
+    fake_run(tmp_path / "old" / "0", "bn_stats", (4, 4), 0, 80.0)
+    path = write_report([tmp_path / "old"], tmp_path / "t")["csv"]
+    with path.open(newline="") as file:
+        old_rows = [{k: v for k, v in row.items() if k != "pad_crop"} for row in csv.DictReader(file)]
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(old_rows[0]))
+        writer.writeheader()
+        writer.writerows(old_rows)
+    fake_run(tmp_path / "new" / "0", "bn_stats", (4, 4), 1, 82.0, pad_crop=0)
+    (row,) = aggregate(collect([tmp_path / "new"]), [read_table(path)])
+    assert row["seed_list"] == "0 1" and row["top1_mean"] == pytest.approx(81.0)
 
 
 def test_compare_sources_of_one_run_become_rows(tmp_path):
