@@ -22,8 +22,9 @@ from torch import nn
 
 from dfq.config import register_configs, validate
 from dfq.errors import UserError
-from dfq.pipeline import load_teacher
+from dfq.pipeline import draw_real, load_teacher
 from dfq.synthesis.bn_stats import BatchNormStatistics
+from dfq.synthesis.generators import GeneratorConfig
 from dfq.synthesis.priors import pad_crop
 from dfq.synthesis.store import SampleSet
 
@@ -34,13 +35,6 @@ def variance_ratios(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor
     with BatchNormStatistics(model) as stats:
         model(x)
     return {s.name: s.batch_var / s.running_var for s in stats.layers}
-
-
-def training_images(data, normalization, count: int) -> torch.Tensor:
-    """`count` images of the training split, drawn with a fixed seed."""
-    train = data.split("train", normalization)
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count]
-    return torch.stack([train[int(i)][0] for i in pick])
 
 
 def table(ratios: dict[str, dict[str, torch.Tensor]], layers: int | None) -> str:
@@ -68,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         config = validate(cfg)
         data = hydra.utils.instantiate(cfg.dataset)
         teacher = load_teacher(cfg.model, data)
-        x = training_images(data, teacher.normalization, args.images)
+        x = draw_real(teacher, GeneratorConfig(name="real", source="real", num_samples=args.images), data).x
         pad = config.model.input.pad_crop if args.pad is None else args.pad
         black = teacher.normalization.bounds(x)[0]
         sources = {"training images": x}
         sources[f"through crops (pad {pad})"] = pad_crop(x, pad, black, torch.Generator().manual_seed(0))
         sources |= {path.name: SampleSet.load(path).x for path in args.samples}
         ratios = {name: variance_ratios(teacher.module, images) for name, images in sources.items()}
-    except UserError as error:
+    except (UserError, ValueError) as error:
         print(f"bn_match: error: {error}", file=sys.stderr)
         return 2
     print(table(ratios, args.layers))
