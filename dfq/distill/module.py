@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from dfq.speed import SpeedConfig, prepare, to_memory_format
+from dfq.synthesis.priors import pad_crop
 
 
 @dataclass
@@ -71,16 +72,8 @@ def distillation_loss(
 
 def augment(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
     """Per-sample random crop (zero padding `padding`) and horizontal flip of a batch."""
-    n, _, h, w = x.shape
-    if padding:
-        device = x.device
-        padded = F.pad(x, (padding,) * 4)
-        dy, dx = torch.randint(0, 2 * padding + 1, (2, n), device=device)
-        rows = (dy[:, None] + torch.arange(h, device=device)).view(n, 1, h, 1)
-        cols = (dx[:, None] + torch.arange(w, device=device)).view(n, 1, 1, w)
-        batch = torch.arange(n, device=device).view(n, 1, 1, 1)
-        channels = torch.arange(x.shape[1], device=device).view(1, -1, 1, 1)
-        x = padded[batch, channels, rows, cols]
+    n = x.shape[0]
+    x = pad_crop(x, padding, x.new_zeros(()))
     if flip:
         mirrored = torch.rand(n, device=x.device) < 0.5
         x = torch.where(mirrored.view(n, 1, 1, 1), x.flip(3), x)
