@@ -295,6 +295,7 @@ def aggregate(results: Sequence[Result], tables: Sequence[dict[tuple, Tally]] = 
 
 
 FIELD_TYPES = {"int": int, "float": float, "str": str}
+TYPES = {f.name: FIELD_TYPES[f.type] for f in fields(Result)}  # each Result field's type
 
 
 def read_table(path: str | Path) -> dict[tuple, Tally]:
@@ -320,8 +321,7 @@ def read_table(path: str | Path) -> dict[tuple, Tally]:
 def protocol_key(row: dict[str, str]) -> tuple:
     """A CSV row's protocol fields, typed; a column added after the table was written takes the value
     every run had before it existed."""
-    types = {f.name: FIELD_TYPES[f.type] for f in fields(Result)}
-    return tuple(types[name](row[name] if name in row else ADDED_COLUMNS[name]) for name in PROTOCOL)
+    return tuple(TYPES[name](row[name] if name in row else ADDED_COLUMNS[name]) for name in PROTOCOL)
 
 
 def table_tally(row: dict[str, str], path: str | Path) -> Tally:
