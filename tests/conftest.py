@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -24,6 +26,14 @@ def shared_dir() -> Path:
     if not (SHARED / "models" / "cifar10").is_dir():
         pytest.skip(f"needs the shared data folder at {SHARED} (CIFAR-10 and pretrained ResNets); absent")
     return SHARED
+
+
+def load_script(name: str) -> ModuleType:
+    """A script of scripts/ imported as a module, so a test can call its `main`."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class TinyBNNet(nn.Module):

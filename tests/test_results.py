@@ -4,7 +4,6 @@ the CSV, the markdown table and the plot."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -22,8 +21,7 @@ from dfq.results import (
     to_markdown,
     write_report,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import load_script
 
 
 def fake_run(
@@ -208,9 +206,7 @@ def test_report_files(sweep, tmp_path):
 
 
 def test_cli(sweep, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("collect_results", REPO / "scripts" / "collect_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("collect_results")
     assert module.main([str(sweep), "--out", str(tmp_path / "r"), "--title", "Table 1"]) == 0
     assert (tmp_path / "r.md").is_file() and str(tmp_path / "r.csv") in capsys.readouterr().out
     # a table as the first root is extended in place by default

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 
 def test_resnet20_statistics_were_recorded_on_padded_crops(shared_dir, capsys):
-    spec = importlib.util.spec_from_file_location("bn_match", REPO / "scripts" / "bn_match.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("bn_match")
     overrides = ["experiment=cifar10_resnet20", f"paths.shared_dir={shared_dir}"]
     assert script.main([*overrides, "--images", "256", "--layers", "3"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| layer1.0.bn1 |"))
