@@ -1,0 +1,33 @@
+"""scripts/sample_ranges.py: activation ranges per recipe, from saved sample sets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dfq.synthesis.store import SampleSet
+from tests.conftest import load_script
+
+
+def test_ranges_follow_the_samples_and_group_by_recipe(shared_dir, tmp_path, capsys):
+    recipe = {"name": "real", "source": "real", "num_samples": 32}
+    base = SampleSet((torch.rand(32, 3, 32, 32) - 0.5) * 2, None, {"recipe": recipe})
+    base.save(tmp_path / "a.pt")
+    wide = SampleSet(base.x * 2, None, {"recipe": dict(recipe, name="wide")})
+    wide.save(tmp_path / "b.pt")
+    script = load_script("sample_ranges")
+    sets = [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    assert (
+        script.main(["experiment=cifar10_resnet20", f"paths.shared_dir={shared_dir}", "--sets", *sets]) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| W4A4 quantizer | real, 32 | wide, 32 |"
+    row = next(line for line in lines if line.startswith("| conv1.input_quantizer |"))
+    narrow, broad = (float(v) for v in row.strip("|").split("|")[1:])
+    assert broad == pytest.approx(2 * narrow, rel=0.02)  # the network input's range doubles with it
+
+
+def test_a_missing_set_is_one_line(tmp_path, capsys):
+    script = load_script("sample_ranges")
+    assert script.main(["--sets", str(tmp_path / "none.pt")]) == 2
+    assert capsys.readouterr().err.startswith("sample_ranges: error:")
