@@ -35,7 +35,8 @@ def recipe_label(samples: SampleSet) -> str:
     if r["source"] != "synthesis":
         return f"{r['name']}, {r['num_samples']}"
     budget = f"{r['num_samples']}, {r['iterations']} it x {r['batch_size']}"
-    return f"{r['name']}, crop {r.get('pad_crop', 0)}, {budget}"
+    flip = ", flip" if r.get("flip") else ""
+    return f"{r['name']}, crop {r.get('pad_crop', 0)}{flip}, {budget}"
 
 
 def activation_highs(student: torch.nn.Module) -> dict[str, float]:

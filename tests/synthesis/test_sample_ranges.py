@@ -31,3 +31,11 @@ def test_a_missing_set_is_one_line(tmp_path, capsys):
     script = load_script("sample_ranges")
     assert script.main(["--sets", str(tmp_path / "none.pt")]) == 2
     assert capsys.readouterr().err.startswith("sample_ranges: error:")
+
+
+def test_recipes_differing_only_in_flips_get_their_own_column():
+    recipe = {"name": "bn_stats", "source": "synthesis", "num_samples": 8, "iterations": 5, "batch_size": 4}
+    label = load_script("sample_ranges").recipe_label
+    plain = label(SampleSet(torch.zeros(1), None, {"recipe": dict(recipe, pad_crop=4)}))
+    flipped = label(SampleSet(torch.zeros(1), None, {"recipe": dict(recipe, pad_crop=4, flip=True)}))
+    assert (plain, flipped) == ("bn_stats, crop 4, 8, 5 it x 4", "bn_stats, crop 4, flip, 8, 5 it x 4")
