@@ -1,6 +1,6 @@
 """What calibration takes from sample sets: each activation quantizer's clipping range, per recipe.
 
-Saved sample sets are grouped by the recipe in their metadata (generator, crop padding, sample count,
+Saved sample sets are grouped by the recipe in their metadata (generator, crop padding, flips, sample count,
 iterations, batch size). For each group: the mean upper clipping bound of every per-tensor (activation)
 quantizer at the chosen bits, the share of saturated pixels, and optionally the mean top-1 on held-out
 training images (never the test split).
@@ -46,6 +46,13 @@ def activation_highs(student: torch.nn.Module) -> dict[str, float]:
         if q.scale is not None and q.scale.numel() == 1:
             highs[name] = float((q.qmax - q.zero_point.reshape(())) * q.scale.reshape(()))
     return highs
+
+
+def calibrated(teacher: torch.nn.Module, samples: SampleSet, config) -> torch.nn.Module:
+    """A calibrated student, seeded: observers subsample large layers at random, and the ranges should not
+    depend on which sets were calibrated before."""
+    torch.manual_seed(0)
+    return compress(teacher, samples, config.quant, config.calibrate)
 
 
 def saturated(samples: SampleSet, normalization) -> float:
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             groups.setdefault(recipe_label(samples), []).append(samples)
         rows = {}
         for label, sets in groups.items():
-            students = [compress(teacher.module, s, config.quant, config.calibrate) for s in sets]
+            students = [calibrated(teacher.module, s, config) for s in sets]
             highs = [activation_highs(student) for student in students]
             rows[label] = {
                 "sets": len(sets),

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from dfq.config import CalibrateConfig
+from dfq.quant.policy import QuantPolicy
+from dfq.quant.quantizer import QuantSpec
 from dfq.synthesis.store import SampleSet
 from tests.conftest import load_script
 
@@ -39,3 +44,15 @@ def test_recipes_differing_only_in_flips_get_their_own_column():
     plain = label(SampleSet(torch.zeros(1), None, {"recipe": dict(recipe, pad_crop=4)}))
     flipped = label(SampleSet(torch.zeros(1), None, {"recipe": dict(recipe, pad_crop=4, flip=True)}))
     assert (plain, flipped) == ("bn_stats, crop 4, 8, 5 it x 4", "bn_stats, crop 4, flip, 8, 5 it x 4")
+
+
+def test_ranges_do_not_depend_on_what_was_calibrated_before(tiny_entry):
+    # a percentile observer that keeps a random 100 of each batch's values: the ranges depend on the RNG
+    spec = QuantSpec(observer="percentile", observer_options={"max_values": 100})
+    config = SimpleNamespace(quant=QuantPolicy(activation=spec), calibrate=CalibrateConfig())
+    script = load_script("sample_ranges")
+    samples = SampleSet(torch.randn(64, 3, 8, 8), None, {})
+    first = script.activation_highs(script.calibrated(tiny_entry.module, samples, config))
+    torch.rand(7)  # another set's calibration would move the global RNG on
+    again = script.activation_highs(script.calibrated(tiny_entry.module, samples, config))
+    assert first and first == again
