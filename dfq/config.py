@@ -146,6 +146,16 @@ def register_configs() -> None:
     store.store(name="dfq_similarity_schema", node=SimilarityConfig)
 
 
+def compose_config(overrides: typing.Sequence[str] = (), output_dir: str | None = None) -> DictConfig:
+    """A run config composed from dfq's packaged configs outside a Hydra app (scripts, Python callers)."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    overrides = [*overrides, *([f"paths.output_dir={output_dir}"] if output_dir else [])]
+    with initialize_config_module("dfq.conf", version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
 def validate(cfg: DictConfig) -> RunConfig:
     """Build the typed config; each group's own checks name the key and the valid values."""
     try:

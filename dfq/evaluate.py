@@ -29,15 +29,12 @@ def load_export(
     quantized weights and encodings from `checkpoint` (see dfq.quant.export).
     """
     import hydra
-    from hydra import compose, initialize_config_module
 
-    from dfq.config import register_configs
+    from dfq.config import compose_config
     from dfq.models.load import normalization_from
     from dfq.quant.export import load_quantized
 
-    register_configs()
-    with initialize_config_module("dfq.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={model}", f"dataset={dataset}", *(overrides or [])])
+    cfg = compose_config([f"model={model}", f"dataset={dataset}", *(overrides or [])])
     normalization = normalization_from(cfg.model.input)
     network = load_quantized(hydra.utils.instantiate(cfg.model.arch), checkpoint)
     return network, hydra.utils.instantiate(cfg.dataset).split("test", normalization)

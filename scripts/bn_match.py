@@ -17,10 +17,9 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra import compose, initialize_config_module
 from torch import nn
 
-from dfq.config import register_configs, validate
+from dfq.config import compose_config, validate
 from dfq.errors import UserError
 from dfq.pipeline import draw_real, load_teacher
 from dfq.synthesis.bn_stats import BatchNormStatistics
@@ -55,10 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, help="only the first N BN layers")
     parser.add_argument("--samples", nargs="*", default=[], type=Path, help="saved sample sets to measure")
     args = parser.parse_args(argv)
-    register_configs()
     try:
-        with initialize_config_module("dfq.conf", version_base="1.3"):
-            cfg = compose("config", overrides=[*args.overrides, "paths.output_dir=outputs/bn_match"])
+        cfg = compose_config(args.overrides, "outputs/bn_match")
         config = validate(cfg)
         data = hydra.utils.instantiate(cfg.dataset)
         teacher = load_teacher(cfg.model, data)

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra import compose, initialize_config_module
 from torch.utils.data import Subset
 
-from dfq.config import register_configs, validate
+from dfq.config import compose_config, validate
 from dfq.errors import UserError
 from dfq.evaluate import top1
 from dfq.pipeline import compress, load_teacher
@@ -85,11 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", required=True, type=Path, help="saved sample sets")
     parser.add_argument("--heldout", help="start:stop of the training images to evaluate top-1 on")
     args = parser.parse_args(argv)
-    register_configs()
     try:
         overrides = [*args.overrides, f"quant.w_bits={args.bits}", f"quant.a_bits={args.bits}"]
-        with initialize_config_module("dfq.conf", version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, "paths.output_dir=outputs/sample_ranges"])
+        cfg = compose_config(overrides, "outputs/sample_ranges")
         config = validate(cfg)
         data = hydra.utils.instantiate(cfg.dataset)
         teacher = load_teacher(cfg.model, data)

@@ -24,10 +24,9 @@ from typing import Any
 
 import hydra
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from dfq.config import register_configs, validate
+from dfq.config import compose_config, validate
 from dfq.evaluate import top1
 from dfq.io import save_json
 from dfq.models.load import ModelEntry
@@ -44,19 +43,8 @@ log = logging.getLogger("similarity_table")
 
 def compose_run(*overrides: str) -> DictConfig:
     shared = os.environ.get("DFQ_SHARED", str(REPO.parent / "shared"))
-    with initialize_config_module("dfq.conf", version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                "model=resnet20",
-                "dataset=cifar10_npz",
-                "quant=strict",
-                "logger=none",
-                f"paths.shared_dir={shared}",
-                "paths.output_dir=outputs/synthesis",
-                *overrides,
-            ],
-        )
+    fixed = ["model=resnet20", "dataset=cifar10_npz", "quant=strict", "logger=none"]
+    return compose_config([*fixed, f"paths.shared_dir={shared}", *overrides], "outputs/synthesis")
 
 
 def real_subset(teacher: ModelEntry, data: Any, split: str, count: int, seed: int = 0) -> SampleSet:
@@ -193,7 +181,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    register_configs()
     cfg = compose_run()
     data = hydra.utils.instantiate(cfg.dataset)
     teacher = load_teacher(cfg.model, data)
