@@ -20,6 +20,7 @@ from omegaconf.errors import MissingMandatoryValue
 from dfq.distill.module import FinetuneConfig
 from dfq.errors import UserError
 from dfq.quant.policy import QuantPolicy
+from dfq.ranges import SEED_MAX, check_ranges, field_range, out_of_range, ranged
 from dfq.speed import SpeedConfig
 from dfq.synthesis.generators import GeneratorConfig
 
@@ -35,9 +36,9 @@ class InputConfig:
 
     mean: list[float] = MISSING
     std: list[float] = MISSING
-    image_size: int = MISSING
-    num_classes: int = MISSING
-    pad_crop: int = 0
+    image_size: int = ranged(MISSING, 1)
+    num_classes: int = ranged(MISSING, 1)
+    pad_crop: int = ranged(0, 0)
 
 
 @dataclass
@@ -56,23 +57,25 @@ class CalibrateConfig:
     """Post-training calibration: how many samples the observers see, in which batch size, and the
     optional corrections (BN folding into a copy, BN re-estimation, bias correction)."""
 
-    num_samples: int | None = None  # None: every sample the generator made
-    batch_size: int = 128
+    num_samples: int | None = ranged(None, 1)  # None: every sample the generator made
+    batch_size: int = ranged(128, 1)
     fold_bn: bool = False  # fold BN into the preceding conv before quantizing (and before QAT)
     bn_reestimate: bool = False  # recompute the student's BN statistics on the samples
     bias_correction: bool = False  # subtract the weights' expected quantization error (Nagel et al. 2019)
 
     def __post_init__(self) -> None:
-        if self.batch_size <= 0 or (self.num_samples is not None and self.num_samples <= 0):
-            raise ValueError("calibrate.batch_size and calibrate.num_samples must be positive")
+        check_ranges(self, "calibrate")
 
 
 @dataclass
 class EvaluateConfig:
     """Test-split evaluation; `max_samples` bounds its cost on small machines (None: all)."""
 
-    batch_size: int = 256
-    max_samples: int | None = None
+    batch_size: int = ranged(256, 1)
+    max_samples: int | None = ranged(None, 1)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "evaluate")
 
 
 @dataclass
@@ -103,7 +106,7 @@ class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str | None = None
     task_name: str = "run"
-    seed: int = 0
+    seed: int = ranged(0, 0, SEED_MAX)
 
 
 @dataclass
@@ -129,9 +132,9 @@ class SimilarityConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: Any = None
     split: str = "train"  # a split of `dataset`, or `gaussian` for N(0, 1) noise in normalized space
-    num_samples: int | None = None  # the first N of the split (None: all; gaussian: 256)
-    batch_size: int = 256
-    seed: int = 0
+    num_samples: int | None = ranged(None, 1)  # the first N of the split (None: all; gaussian: 256)
+    batch_size: int = ranged(256, 1)
+    seed: int = ranged(0, 0, SEED_MAX)
     out: str | None = None  # a JSON file for the score and its per-layer breakdown
     paths: PathsConfig = field(default_factory=PathsConfig)
     task_name: str = "similarity"
@@ -156,8 +159,33 @@ def compose_config(overrides: typing.Sequence[str] = (), output_dir: str | None 
         return compose("config", overrides=overrides)
 
 
-def validate(cfg: DictConfig) -> RunConfig:
-    """Build the typed config; each group's own checks name the key and the valid values."""
+def range_errors(node: Any, schema: type, prefix: str = "") -> list[str]:
+    """Every value of a composed config (or part) outside the `Range` its schema field declares, as
+    one-line messages with the full key; dict-of-schema nodes (`compare`) are walked per entry."""
+    if not dataclasses.is_dataclass(schema) or not isinstance(node, DictConfig):
+        return []
+    errors, hints = [], _schema_fields(schema)
+    for field_ in dataclasses.fields(schema):
+        key, kind = f"{prefix}{field_.name}", hints[field_.name]
+        value = OmegaConf.select(node, field_.name, default=None, throw_on_missing=False)
+        valid = field_range(field_)
+        if valid is not None and isinstance(value, (int, float)) and value not in valid:
+            errors.append(out_of_range(key, value, valid))
+        if typing.get_origin(kind) is dict and isinstance(value, DictConfig):
+            item = typing.get_args(kind)[1]
+            for name in value:
+                errors += range_errors(value[name], item, f"{key}.{name}.")
+        else:
+            errors += range_errors(value, kind, f"{key}.")
+    return errors
+
+
+def validate(cfg: DictConfig) -> Any:
+    """Build the typed config (its schema: `RunConfig`, `SynthesizeConfig`, ...): first every numeric
+    value against its declared range (the full key named), then each group's own checks."""
+    errors = range_errors(cfg, OmegaConf.get_type(cfg))
+    if errors:
+        raise ConfigError(errors[0])
     try:
         return OmegaConf.to_object(cfg)
     except MissingMandatoryValue as error:  # a `???` left in the config (model=torchvision, model=custom)

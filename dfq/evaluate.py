@@ -8,15 +8,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dfq.progress import Progress
+
 
 @torch.no_grad()
 def top1(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
     """Percentage of samples whose highest logit is the label (model left in eval mode)."""
     model.eval()
     correct = total = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += len(y)
+    loader = DataLoader(dataset, batch_size=batch_size)
+    with Progress(len(loader), "evaluation") as progress:
+        for x, y in loader:
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
+            progress.update()
     return 100.0 * correct / max(total, 1)
 
 

@@ -123,7 +123,7 @@ def compress(
     calibration: CalibrateConfig,
 ) -> nn.Module:
     """Quantized copy of `teacher`, calibrated on (the first `calibration.num_samples` of) `samples`."""
-    x = samples.x[: calibration.num_samples] if calibration.num_samples else samples.x
+    x = samples.first(calibration.num_samples, "calibrate.num_samples").x
     base = fold_batchnorm(teacher) if calibration.fold_bn else teacher  # a copy: the teacher keeps its BN
     student = quantize(base, policy, x[:2])
     return calibrate(
@@ -155,10 +155,11 @@ def evaluate_source(
     result = {"ptq_top1": top1(student, test, config.evaluate.batch_size)}
     finetune: FinetuneConfig = config.finetune
     if finetune.active:
-        labels = samples.y if finetune.label_weight else None
+        tuning = samples.first(finetune.num_samples, "finetune.num_samples")
+        labels = tuning.y if finetune.label_weight else None
         checkpoints = out_dir / "checkpoints" if out_dir else None
         distill(
-            student, teacher.module, samples.x, finetune, labels, trainer_options, checkpoints, config.speed
+            student, teacher.module, tuning.x, finetune, labels, trainer_options, checkpoints, config.speed
         )
         result["qat_top1"] = top1(student, test, config.evaluate.batch_size)
     if out_dir and export:

@@ -38,16 +38,29 @@ def save_grid(samples: SampleSet, normalization: Normalization, path: str | Path
         save_image(grid, tmp, format="png")
 
 
-def log_sample_grid(logger: Any, samples: SampleSet, normalization: Normalization, key: str) -> bool:
-    """Log `sample_grid` as an image when the logger is a WandbLogger (others have no image API
-    in common); returns whether it was logged."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    if not isinstance(logger, WandbLogger):
-        return False
-    grid = sample_grid(samples, normalization)
+def wandb_image(logger: Any, grid: torch.Tensor, key: str, caption: str) -> None:
     pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    logger.log_image(key=key, images=[pixels], caption=[f"{len(samples)} samples"])
+    logger.log_image(key=key, images=[pixels], caption=[caption])
+
+
+def tensorboard_image(logger: Any, grid: torch.Tensor, key: str, caption: str) -> None:
+    logger.experiment.add_image(key, grid, global_step=0)
+
+
+def image_loggers() -> dict[type, Any]:
+    """Logger class -> how it takes an image (Lightning's loggers have no image API in common)."""
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    return {WandbLogger: wandb_image, TensorBoardLogger: tensorboard_image}
+
+
+def log_sample_grid(logger: Any, samples: SampleSet, normalization: Normalization, key: str) -> bool:
+    """Log `sample_grid` as an image where the logger takes images (wandb, TensorBoard); returns
+    whether it was logged."""
+    log_image = next((f for kind, f in image_loggers().items() if isinstance(logger, kind)), None)
+    if log_image is None:
+        return False
+    log_image(logger, sample_grid(samples, normalization), key, f"{len(samples)} samples")
     return True
 
 

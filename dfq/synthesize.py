@@ -25,6 +25,7 @@ from dfq.distributed import World, launch, single_device
 from dfq.errors import UserError
 from dfq.faults import FiniteLossGuard, InterruptedRun, fit
 from dfq.models.load import ModelEntry
+from dfq.progress import StepProgress
 from dfq.speed import SpeedConfig
 from dfq.synthesis.generators import LABELS, GeneratorConfig
 from dfq.synthesis.module import SynthesisModule, TeacherRunner
@@ -81,9 +82,10 @@ def synthesize_batch(
     size: int,
     trainer_options: dict[str, Any],
     runner: TeacherRunner,
+    batches: int = 1,
 ) -> SampleSet:
-    """Optimize batch number `index` (seeded from the recipe's seed and the index) and return it;
-    `runner` is the teacher prepared once for the whole set (hooks, speed switches)."""
+    """Optimize batch number `index` (of `batches`, seeded from the recipe's seed and the index) and
+    return it; `runner` is the teacher prepared once for the whole set (hooks, speed switches)."""
     seed = recipe.seed * 1_000_003 + index
     labels = batch_labels(recipe, teacher, index, size, seed)
     module = SynthesisModule(runner, teacher.normalization, recipe, size, labels, seed, teacher.name, index)
@@ -94,7 +96,10 @@ def synthesize_batch(
             log_every_n_steps=max(1, recipe.log_every),  # the module logs its own metrics itself
             enable_checkpointing=False,
             enable_model_summary=False,
-            callbacks=[FiniteLossGuard(f"synthesis of batch {index}", every=recipe.log_every)],
+            callbacks=[
+                FiniteLossGuard(f"synthesis of batch {index}", every=recipe.log_every),
+                StepProgress(recipe.iterations, f"synthesis batch {index + 1}/{batches}"),
+            ],
             **trainer_options,
         )
         steps = DataLoader(range(recipe.iterations), batch_size=1)
@@ -194,7 +199,7 @@ def make_parts(
                 log.info("synthesizing batch %d/%d (%d samples, %d iterations)", index + 1, len(sizes),
                          size, recipe.iterations)  # fmt: skip
                 runner = runner or teacher_runner(teacher, recipe, speed)
-                part = synthesize_batch(teacher, recipe, index, size, trainer_options, runner)
+                part = synthesize_batch(teacher, recipe, index, size, trainer_options, runner, len(sizes))
                 part.meta = meta
                 if part_path:
                     part.save(part_path)

@@ -47,12 +47,47 @@ def test_multirun_over_two_generators(tmp_path: Path):
     assert "W4A4 calibrated" in result.stdout
 
 
+def final_scalars(run: Path) -> dict[str, float]:
+    """The `final/...` scalars of the one TensorBoard event file under `run`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = run.rglob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    assert any(tag.startswith("samples/") for tag in tags["images"]), tags["images"]
+    return {t: accumulator.Scalars(t)[-1].value for t in tags["scalars"] if t.startswith("final/")}
+
+
+@pytest.mark.slow
+def test_tensorboard_sweep_writes_one_event_file_per_job_with_its_final_top1(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    tiny = [arg for arg in TINY if not arg.startswith("logger=")]
+    args = ["-m", "seed=0,1", *tiny, "logger=tensorboard", f"hydra.sweep.dir={sweep}"]
+    result = dfq(args, tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    assert len(jobs) == 2 and len(list(sweep.rglob("events.out.tfevents.*"))) == 2
+    for seed, job in enumerate(jobs):
+        metrics = json.loads((job / "metrics.json").read_text())
+        run = job / "tensorboard" / "run" / f"bn_stats-w4a4-s{seed}"
+        scalars = final_scalars(run)
+        assert scalars["final/q_top1"] == pytest.approx(metrics["q_top1"], abs=1e-4)
+        assert scalars["final/fp_top1"] == pytest.approx(metrics["fp_top1"], abs=1e-4)
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
         ("quant.w_bit=4", "did you mean 'w_bits'"),
         ("quant.w_bits=0", "quant.w_bits=0 is out of range"),
-        ("generator.num_samples=-5", "generator.num_samples=-5 is invalid"),
+        ("generator.num_samples=-5", "generator.num_samples=-5 is out of range"),
+        ("generator.lr=-1", "generator.lr=-1.0 is out of range; valid: > 0"),
+        ("seed=-1", "seed=-1 is out of range"),
+        (
+            " ".join([*TINY, "calibrate.num_samples=100000"]),
+            "calibrate.num_samples=100000 exceeds the 32 samples the set holds",
+        ),
         ("model.checkpoint=/nonexistent/x.pt model.train_if_missing=null", "checkpoint not found"),
         ("dataset=cifar10_npz dataset.train=/no/a.npz dataset.test=/no/b.npz", "archive not found: /no/"),
         pytest.param(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from dfq.config import ConfigError, RunConfig, check_key, check_overrides, register_configs, validate
+from dfq.ranges import Range, field_range
 
 CONF = Path(__file__).resolve().parents[1] / "dfq" / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
@@ -60,8 +63,12 @@ def test_hydra_rejects_unknown_key_at_composition():
     [
         ("quant.w_bits=0", r"quant\.w_bits=0 is out of range; valid: 2 to 8, or 16/32"),
         ("quant.a_bits=12", r"quant\.a_bits=12 is out of range"),
-        ("generator.num_samples=0", r"generator\.num_samples=0 is invalid; expected a positive integer"),
-        ("generator.batch_size=-4", r"generator\.batch_size=-4 is invalid"),
+        ("generator.num_samples=0", r"generator\.num_samples=0 is out of range; valid: >= 1"),
+        ("generator.batch_size=-4", r"generator\.batch_size=-4 is out of range"),
+        ("generator.lr=-1", r"generator\.lr=-1\.0 is out of range; valid: > 0"),
+        ("seed=-1", r"^seed=-1 is out of range; valid: in \[0, 4294967295\]"),
+        ("compare.real.num_samples=0", r"compare\.real\.num_samples=0 is out of range"),
+        ("quant.weight.bits=1", r"quant\.weight\.bits=1 is out of range; valid: 2 to 8"),
         ("generator.optimizer=lbfgs", r"generator\.optimizer='lbfgs' is invalid; expected one of"),
         ("quant.placement=everywhere", r"quant\.placement='everywhere' is invalid"),
         ("finetune.temperature=0", r"finetune\.temperature=0"),
@@ -71,6 +78,41 @@ def test_out_of_range_value_fails_before_work(override: str, message: str):
     cfg = compose_run(override)
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
+
+
+def ranged_keys(schema: type, node, prefix: str = "") -> list[tuple[str, Range]]:
+    """Every key of a composed config whose schema field declares a Range, with that Range."""
+    found, hints = [], typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        key, kind, value = f"{prefix}{field.name}", hints[field.name], node.get(field.name)
+        if field_range(field) is not None:
+            found.append((key, field_range(field)))
+        if typing.get_origin(kind) is dict and dataclasses.is_dataclass(typing.get_args(kind)[1]):
+            for name in value:
+                found += ranged_keys(typing.get_args(kind)[1], value[name], f"{key}.{name}.")
+        elif dataclasses.is_dataclass(kind):
+            found += ranged_keys(kind, value, f"{key}.")
+    return found
+
+
+RANGED = ranged_keys(RunConfig, compose_run())
+
+
+def test_the_schema_walk_finds_every_group():
+    groups = {key.split(".")[0] for key, _ in RANGED}
+    assert {"generator", "compare", "quant", "calibrate", "finetune", "evaluate", "model", "seed"} <= groups
+    assert len(RANGED) > 40
+
+
+@pytest.mark.parametrize(("key", "valid"), RANGED, ids=[key for key, _ in RANGED])
+def test_every_ranged_field_rejects_a_value_outside_its_range(key: str, valid: Range):
+    bad = valid.outside()
+    assert bad not in valid
+    with pytest.raises(ConfigError) as error:
+        validate(compose_run(f"{key}={bad}"))
+    message = str(error.value)
+    assert message.startswith(f"{key}=") and "\n" not in message
+    assert message.endswith(f"is out of range; valid: {valid.describe()}")
 
 
 def test_slurm_launcher_gives_one_task_per_device_of_the_ddp_trainer():

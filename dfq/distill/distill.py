@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from dfq.distill.module import DistillationModule, FinetuneConfig, distillation_loss
 from dfq.faults import AtomicCheckpointIO, FiniteLossGuard, fit
+from dfq.progress import StepProgress
 from dfq.speed import SpeedConfig
 
 
@@ -95,7 +96,8 @@ def distill(
     if val_loader is not None:
         module.best_kl = held_out_kl(student, teacher, val_loader, config.temperature)
         module.best_state = {k: v.clone() for k, v in student.state_dict().items()}
-    callbacks, resume = [FiniteLossGuard("distillation", every=max(1, len(loader)))], None
+    progress = StepProgress(config.epochs * len(loader), "distillation")
+    callbacks, resume = [FiniteLossGuard("distillation", every=max(1, len(loader))), progress], None
     if checkpoint_dir is not None:
         # save_top_k=1 without a monitor keeps the latest epoch; last.ckpt is what a rerun resumes from
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1))

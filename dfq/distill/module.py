@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dfq.ranges import SEED_MAX, check_ranges, ranged
 from dfq.speed import SpeedConfig, prepare, to_memory_format
 from dfq.synthesis.priors import pad_crop
 
@@ -22,22 +23,23 @@ class FinetuneConfig:
     """Budget, loss and data handling of quantization-aware distillation (`conf/finetune/`)."""
 
     enabled: bool = True
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.005
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    temperature: float = 1.0
-    label_weight: float = 0.0  # cross-entropy to the generator's labels, where it has them
-    crop_padding: int = 0  # random-crop augmentation: pad this many pixels, crop back
+    epochs: int = ranged(10, 0)
+    num_samples: int | None = ranged(None, 1)  # the first N of the sample set (None: all)
+    batch_size: int = ranged(64, 1)
+    lr: float = ranged(0.005, 0, open_low=True)
+    momentum: float = ranged(0.9, 0, 1, open_high=True)
+    weight_decay: float = ranged(0.0, 0)
+    temperature: float = ranged(1.0, 0, open_low=True)
+    label_weight: float = ranged(0.0, 0)  # cross-entropy to the generator's labels, where it has them
+    crop_padding: int = ranged(0, 0)  # random-crop augmentation: pad this many pixels, crop back
     flip: bool = False
-    augment_copies: int = 1  # batch augmentation: independently augmented copies of each sample
-    mixup: float = 0.0  # mixup of samples, Beta(mixup, mixup) weights; 0 = off
+    augment_copies: int = ranged(1, 1)  # batch augmentation: independently augmented copies of each sample
+    mixup: float = ranged(0.0, 0)  # mixup of samples, Beta(mixup, mixup) weights; 0 = off
     freeze_bn: bool = True
-    holdout: float = 0.0  # fraction of the samples held out; the lowest held-out KL picks the student
-    grad_clip: float | None = None  # largest gradient norm per step (None: no clipping)
+    holdout: float = ranged(0.0, 0, 1, open_high=True)  # fraction held out; the lowest held-out KL wins
+    grad_clip: float | None = ranged(None, 0, open_low=True)  # largest gradient norm per step (None: off)
     resume: bool = True  # continue from `last.ckpt` in the checkpoint folder, when there is one
-    seed: int = 0
+    seed: int = ranged(0, 0, SEED_MAX)
 
     @property
     def active(self) -> bool:
@@ -45,20 +47,7 @@ class FinetuneConfig:
         return self.enabled and self.epochs > 0
 
     def __post_init__(self) -> None:
-        checks = {
-            "epochs": (self.epochs >= 0, "an integer >= 0"),
-            "batch_size": (self.batch_size > 0, "a positive integer"),
-            "lr": (self.lr > 0, "a positive number"),
-            "temperature": (self.temperature > 0, "a positive number"),
-            "crop_padding": (self.crop_padding >= 0, "an integer >= 0"),
-            "augment_copies": (self.augment_copies >= 1, "an integer >= 1"),
-            "mixup": (self.mixup >= 0, "a number >= 0 (0: off)"),
-            "holdout": (0.0 <= self.holdout < 1.0, "a fraction in [0, 1)"),
-            "grad_clip": (self.grad_clip is None or self.grad_clip > 0, "null (off) or a positive norm"),
-        }
-        for key, (ok, valid) in checks.items():
-            if not ok:
-                raise ValueError(f"finetune.{key}={getattr(self, key)!r} is invalid; expected {valid}")
+        check_ranges(self, "finetune")
 
 
 def distillation_loss(

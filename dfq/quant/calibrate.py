@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dfq.progress import Progress
 from dfq.quant.bias_correction import correct_bias
 from dfq.quant.bn import reestimate_batchnorm
 from dfq.quant.prepare import quantizers
@@ -24,9 +25,12 @@ def observe_ranges(student: nn.Module, samples: torch.Tensor, batch_size: int = 
     for quantizer in found.values():
         quantizer.observer.reset()
         quantizer.observing = True
+    loader = DataLoader(TensorDataset(samples), batch_size=batch_size)
     try:
-        for (batch,) in DataLoader(TensorDataset(samples), batch_size=batch_size):
-            student(batch)  # weight quantizers observe their weight in the same pass
+        with Progress(len(loader), "calibration") as progress:
+            for (batch,) in loader:
+                student(batch)  # weight quantizers observe their weight in the same pass
+                progress.update()
     finally:
         for quantizer in found.values():
             quantizer.observing = False

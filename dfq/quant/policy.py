@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfq.quant.quantizer import UNQUANTIZED_BITS, VALID_BITS, QuantSpec, valid_bits
+from dfq.quant.quantizer import BIT_RANGE, BITS, UNQUANTIZED_BITS, QuantSpec
+from dfq.ranges import check_ranges, out_of_range, ranged
 
 PLACEMENTS = ("layer_input", "after_activation")
 
@@ -30,12 +31,12 @@ class LayerBits:
 class QuantPolicy:
     """The whole quantization recipe of a model (dfq's `quant` config group)."""
 
-    w_bits: int = 4
-    a_bits: int = 4
+    w_bits: int = ranged(4, **BITS)
+    a_bits: int = ranged(4, **BITS)
     weight: QuantSpec = field(default_factory=lambda: QuantSpec(granularity="per_channel", dynamic=True))
     activation: QuantSpec = field(default_factory=lambda: QuantSpec(observer="percentile"))
     placement: str = "layer_input"
-    first_last_bits: int | None = None
+    first_last_bits: int | None = ranged(None, **BITS)
     overrides: dict[str, dict[str, int]] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
     quantize_residual: bool = False  # quantize the output of residual additions the model exposes
@@ -45,15 +46,11 @@ class QuantPolicy:
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
             raise ValueError(f"quant.placement={self.placement!r} is invalid; valid: {list(PLACEMENTS)}")
-        bits = {
-            "w_bits": self.w_bits,
-            "a_bits": self.a_bits,
-            "first_last_bits": self.first_last_bits,
-        }
-        bits |= {f"overrides.{p}.{k}": v for p, o in self.overrides.items() for k, v in o.items()}
-        for key, value in bits.items():
-            if value is not None and not valid_bits(value):
-                raise ValueError(f"quant.{key}={value} is out of range; valid: {VALID_BITS}")
+        check_ranges(self, "quant")
+        for pattern, override in self.overrides.items():
+            for key, value in override.items():
+                if value not in BIT_RANGE:
+                    raise ValueError(out_of_range(f"quant.overrides.{pattern}.{key}", value, BIT_RANGE))
 
     def layer_bits(self, name: str, index: int, count: int) -> LayerBits | None:
         """Bits for the layer `name`, the `index`-th of `count` in graph order; None if excluded."""

@@ -11,15 +11,13 @@ from torch import nn
 
 from dfq.quant.fake_quant import IntegerGrid, fake_quantize, fake_quantize_fixed, scale_gradient
 from dfq.quant.observers import OBSERVERS, known_options, make_observer
+from dfq.ranges import Range, check_ranges, ranged
 
 UNQUANTIZED_BITS = 16  # 16 and 32 bits mean "leave in floating point"
 GRANULARITIES = ("per_tensor", "per_channel")
-VALID_BITS = "2 to 8, or 16/32 for floating point"
-
-
-def valid_bits(bits: int) -> bool:
-    """Whether `bits` is a width dfq can quantize to (or 16/32, meaning unquantized)."""
-    return 2 <= bits <= 8 or bits in (16, 32)
+# The widths dfq quantizes to (16/32: left in floating point), as `ranged` options and as a Range.
+BITS = {"low": 2, "high": 8, "extra": (16, 32), "text": "2 to 8, or 16/32 for floating point"}
+BIT_RANGE = Range(**BITS)
 
 
 @dataclass
@@ -32,7 +30,7 @@ class QuantSpec:
     offset, as in float-offset fake-quantization codebases); integer deployment and ONNX need it True.
     """
 
-    bits: int = 8
+    bits: int = ranged(8, **BITS)
     granularity: str = "per_tensor"
     symmetric: bool = False
     narrow_range: bool = False
@@ -44,8 +42,7 @@ class QuantSpec:
     integer_zero_point: bool = True  # False: real-valued offset (asymmetric grid from min exactly)
 
     def __post_init__(self) -> None:
-        if not valid_bits(self.bits):
-            raise ValueError(f"bits={self.bits} is out of range; valid: {VALID_BITS}")
+        check_ranges(self)
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity={self.granularity!r} is invalid; valid: {list(GRANULARITIES)}")
         if self.observer not in OBSERVERS:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from dfq.errors import UserError
+from dfq.ranges import SEED_MAX, check_ranges, ranged
 from dfq.synthesis.losses import BN_LOSSES, LOSS_NAMES, PER_SAMPLE_BN_LOSSES
 
 # Where a data source's samples come from; `dfq.pipeline.SAMPLE_SOURCES` maps each name to its loader.
@@ -122,35 +123,36 @@ class GeneratorConfig:
     name: str = "bn_stats"
     source: str = "synthesis"
     path: str | None = None  # source=saved: a file written by dfq.synthesize
-    num_samples: int = 256
-    batch_size: int = 128
-    iterations: int = 500
-    lr: float = 0.1
+    num_samples: int = ranged(256, 1)
+    batch_size: int = ranged(128, 1)
+    iterations: int = ranged(500, 0)
+    lr: float = ranged(0.1, 0, open_low=True)
     optimizer: str = "adam"
     schedule: str = "cosine"
     # None: BNS alone ({bn_kl: 1}). Not a dict default: Hydra merges a YAML dict into a default dict
     # key by key, so a recipe could never drop a default term.
     losses: dict[str, float] | None = None
     layer_weighting: str = "uniform"
-    first_bn_multiplier: float = 1.0
+    first_bn_multiplier: float = ranged(1.0, 0)
     labels: str = "none"
     classes: list[int] | None = None  # target classes the labels cycle over (None: all)
+    # cross_entropy leaves a sample alone once its target class is this likely (1: never)
+    target_probability: float = ranged(1.0, 0, 1, open_low=True)
     init: str = "gaussian"
     init_mean: Any = 0.0  # a number, or one per input channel (normalized space)
     init_std: Any = 1.0  # likewise
-    pad_crop: int = 0  # per-sample random crop from a black frame this wide (CIFAR's training augmentation)
-    jitter: int = 0
+    # per-sample random crop from a black frame this wide (CIFAR's training augmentation)
+    pad_crop: int = ranged(0, 0)
+    jitter: int = ranged(0, 0)
     flip: bool = False
-    blur_sigma: float = 0.0
-    seed: int = 0
-    log_every: int = 50
+    blur_sigma: float = ranged(0.0, 0)  # 0: off
+    seed: int = ranged(0, 0, SEED_MAX)
+    log_every: int = ranged(50, 0)  # 0: never
 
     def __post_init__(self) -> None:
+        check_ranges(self, "generator")
         checks = {
             "source": (self.source in SOURCES, f"one of {list(SOURCES)}"),
-            "num_samples": (self.num_samples > 0, "a positive integer"),
-            "batch_size": (self.batch_size > 0, "a positive integer"),
-            "iterations": (self.iterations >= 0, "zero or more"),
             "optimizer": (self.optimizer in OPTIMIZERS, f"one of {sorted(OPTIMIZERS)}"),
             "schedule": (self.schedule in SCHEDULES, f"one of {sorted(SCHEDULES)}"),
             "labels": (self.labels in LABELS, f"one of {sorted(LABELS)}"),
@@ -169,9 +171,6 @@ class GeneratorConfig:
                 f"one of {sorted(LAYER_WEIGHTINGS)}",
             ),
             "losses": (set(self.loss_weights) <= set(LOSS_NAMES), f"names from {LOSS_NAMES}"),
-            "pad_crop": (self.pad_crop >= 0, "zero or more pixels"),
-            "jitter": (self.jitter >= 0, "zero or more pixels"),
-            "blur_sigma": (self.blur_sigma >= 0, "zero (off) or a positive width in pixels"),
         }
         for key, (ok, valid) in checks.items():
             if not ok:

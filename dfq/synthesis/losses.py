@@ -5,6 +5,7 @@ BN terms return one value per BN layer; the module weights and sums them and log
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ class LossContext:
     logits: torch.Tensor
     labels: torch.Tensor | None
     bn: list[LayerStatistics]
+    target_probability: float = 1.0  # cross_entropy stops pushing a sample once its target reaches this
 
 
 def gaussian_kl(
@@ -75,10 +77,16 @@ def bn_moment_distance(layer: LayerStatistics) -> torch.Tensor:
 
 
 def cross_entropy(ctx: LossContext) -> torch.Tensor:
-    """Cross-entropy of the teacher's logits to the target labels (Inception-style class conditioning)."""
+    """Cross-entropy of the teacher's logits to the target labels (Inception-style class conditioning),
+    averaged over the batch. Samples whose target probability has reached `ctx.target_probability`
+    contribute nothing, so the class logit is not driven past what real images of the class reach."""
     if ctx.labels is None:
         raise ValueError("cross_entropy needs target labels: set generator.labels=balanced")
-    return F.cross_entropy(ctx.logits, ctx.labels)
+    per_sample = F.cross_entropy(ctx.logits, ctx.labels, reduction="none")
+    if ctx.target_probability < 1.0:
+        reached = per_sample.detach() <= -math.log(ctx.target_probability)
+        per_sample = per_sample.masked_fill(reached, 0.0)
+    return per_sample.mean()
 
 
 def total_variation_l2(ctx: LossContext) -> torch.Tensor:

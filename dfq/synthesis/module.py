@@ -140,7 +140,7 @@ class SynthesisModule(pl.LightningModule):
         record_bn = record_bn or self.recipe.uses_batchnorm
         logits = self.runner(x, record_bn)
         bn = self.bn_stats.layers if (record_bn and self.bn_stats) else []
-        ctx = LossContext(x, logits, self.labels, bn)
+        ctx = LossContext(x, logits, self.labels, bn, self.recipe.target_probability)
         terms, layers = {}, {}
         for name, weight in self.recipe.active_losses.items():
             if name in BN_LOSSES:

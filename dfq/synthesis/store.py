@@ -33,6 +33,15 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.x)
 
+    def first(self, count: int | None, key: str) -> SampleSet:
+        """The first `count` samples (all when None); asking for more than the set holds is an error
+        naming the config `key` that asked."""
+        if count is None:
+            return self
+        if count > len(self):
+            raise SampleSetError(f"{key}={count} exceeds the {len(self)} samples the set holds")
+        return SampleSet(self.x[:count], None if self.y is None else self.y[:count], self.meta)
+
     def save(self, path: str | Path) -> None:
         save_torch({"format": FORMAT, "x": self.x, "y": self.y, "meta": self.meta}, path)
 

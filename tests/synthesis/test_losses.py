@@ -117,6 +117,19 @@ def test_cross_entropy_needs_labels_and_matches_torch():
     assert value.item() == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 2)))
 
 
+def test_cross_entropy_leaves_samples_alone_once_their_target_is_likely_enough():
+    # sample 0: target probability e^2 / (e^2 + 2) = 0.787; sample 1: 1/3
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([0, 0])
+    ctx = LossContext(torch.zeros(2, 1, 2, 2), logits, labels, [], target_probability=0.7)
+    value = cross_entropy(ctx)
+    assert value.item() == pytest.approx(math.log(3.0) / 2)  # only sample 1, averaged over both
+    value.backward()
+    assert logits.grad[0].abs().sum() == 0 and logits.grad[1].abs().sum() > 0
+    uncapped = cross_entropy(LossContext(ctx.inputs, logits, labels, []))
+    assert uncapped.item() == pytest.approx((-math.log(math.exp(2) / (math.exp(2) + 2)) + math.log(3.0)) / 2)
+
+
 def test_input_loss_registry_names_each_published_term():
     assert {"cross_entropy", "tv_l2", "tv_l1", "tv_norm", "l2", "image_norm", "input_sample_l2"} <= set(
         INPUT_LOSSES

@@ -90,3 +90,12 @@ def test_dataset_synthetic_config_delegates_its_test_split(tmp_path: Path):
         digits = instantiate(compose("config", overrides=[*base, "dataset@dataset.test=digits"]).dataset)
     assert isinstance(default, SyntheticDataset) and isinstance(default.test, NpzDataset)
     assert isinstance(digits.test, DigitsDataset) and digits.path == str(tmp_path / "a.pt")
+
+
+def test_first_samples_and_asking_for_more_than_the_set_holds():
+    samples = SampleSet(torch.arange(16.0).reshape(16, 1, 1, 1), torch.arange(16))
+    assert samples.first(None, "calibrate.num_samples") is samples
+    head = samples.first(4, "calibrate.num_samples")
+    assert head.x.flatten().tolist() == [0.0, 1.0, 2.0, 3.0] and head.y.tolist() == [0, 1, 2, 3]
+    with pytest.raises(SampleSetError, match="calibrate.num_samples=100000 exceeds the 16 samples"):
+        samples.first(100000, "calibrate.num_samples")
