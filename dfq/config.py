@@ -166,17 +166,18 @@ def range_errors(node: Any, schema: type, prefix: str = "") -> list[str]:
         return []
     errors, hints = [], _schema_fields(schema)
     for field_ in dataclasses.fields(schema):
-        key, kind = f"{prefix}{field_.name}", hints[field_.name]
-        value = OmegaConf.select(node, field_.name, default=None, throw_on_missing=False)
-        valid = field_range(field_)
-        if valid is not None and isinstance(value, (int, float)) and value not in valid:
-            errors.append(out_of_range(key, value, valid))
-        if typing.get_origin(kind) is dict and isinstance(value, DictConfig):
-            item = typing.get_args(kind)[1]
-            for name in value:
-                errors += range_errors(value[name], item, f"{key}.{name}.")
-        else:
-            errors += range_errors(value, kind, f"{key}.")
+        key, kind, valid = f"{prefix}{field_.name}", hints[field_.name], field_range(field_)
+        if valid is not None:  # only ranged leaves are resolved (others may need Hydra's resolvers)
+            value = OmegaConf.select(node, field_.name, default=None, throw_on_missing=False)
+            if isinstance(value, (int, float)) and value not in valid:
+                errors.append(out_of_range(key, value, valid))
+            continue
+        if typing.get_origin(kind) is dict and isinstance(node.get(field_.name), DictConfig):
+            items, item = node[field_.name], typing.get_args(kind)[1]
+            for name in items:
+                errors += range_errors(items[name], item, f"{key}.{name}.")
+        elif dataclasses.is_dataclass(kind):
+            errors += range_errors(node.get(field_.name), kind, f"{key}.")
     return errors
 
 

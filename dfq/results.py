@@ -23,7 +23,16 @@ from dfq.errors import UserError
 from dfq.io import atomic_path
 from dfq.quant.observers import own_options
 
-SOURCE_ORDER = ("real", "gaussian", "inception", "bn_stats", "bn_stats_inception", "zeroq", "deepinversion")
+SOURCE_ORDER = (
+    "real",
+    "gaussian",
+    "inception",
+    "inception_uncapped",
+    "bn_stats",
+    "bn_stats_inception",
+    "zeroq",
+    "deepinversion",
+)
 MODES = ("calibrated", "fine-tuned")  # calibration only (PTQ), then quantization-aware distillation (QAT)
 MODE_LABELS = {"calibrated": "PTQ", "fine-tuned": "QAT"}
 CALIBRATION_OPTIONS = ("fold_bn", "bn_reestimate", "bias_correction")

@@ -82,11 +82,11 @@ def cross_entropy(ctx: LossContext) -> torch.Tensor:
     contribute nothing, so the class logit is not driven past what real images of the class reach."""
     if ctx.labels is None:
         raise ValueError("cross_entropy needs target labels: set generator.labels=balanced")
+    if ctx.target_probability >= 1.0:
+        return F.cross_entropy(ctx.logits, ctx.labels)
     per_sample = F.cross_entropy(ctx.logits, ctx.labels, reduction="none")
-    if ctx.target_probability < 1.0:
-        reached = per_sample.detach() <= -math.log(ctx.target_probability)
-        per_sample = per_sample.masked_fill(reached, 0.0)
-    return per_sample.mean()
+    reached = per_sample.detach() <= -math.log(ctx.target_probability)
+    return per_sample.masked_fill(reached, 0.0).mean()
 
 
 def total_variation_l2(ctx: LossContext) -> torch.Tensor:

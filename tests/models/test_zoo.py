@@ -199,3 +199,18 @@ def test_wide_resnet_uses_the_published_module_names():
     assert keys["block3.layer.3.conv2.weight"].shape == (640, 640, 3, 3)
     assert keys["bn1.running_var"].shape == (640,) and keys["fc.weight"].shape == (10, 640)
     assert sum(name.endswith("conv2.weight") for name in keys) == 12  # (28 - 4) / 6 = 4 blocks x 3 stages
+
+
+def test_the_default_teacher_ships_and_others_are_trained(tmp_path, monkeypatch):
+    from dfq.models import digits
+
+    trained = []
+    monkeypatch.setattr(digits, "train_teacher", lambda model, data, path, **options: trained.append(options))
+    model = digits.DigitsCNN()
+    digits.shipped_or_trained(model, None, tmp_path / "digits_cnn_32px.pt", epochs=40)
+    copied = torch.load(tmp_path / "digits_cnn_32px.pt", weights_only=True)["state_dict"]
+    shipped = torch.load(digits.SHIPPED / "digits_cnn_32px.pt", weights_only=True)["state_dict"]
+    assert trained == [] and all(torch.equal(copied[k], shipped[k]) for k in shipped)
+    digits.shipped_or_trained(model, None, tmp_path / "digits_cnn_32px.pt", epochs=3)  # another recipe
+    digits.shipped_or_trained(model, None, tmp_path / "digits_cnn_8px.pt", epochs=40)  # another size
+    assert trained == [{"epochs": 3}, {"epochs": 40}]

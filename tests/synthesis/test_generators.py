@@ -24,7 +24,7 @@ from dfq.synthesis.module import SynthesisModule, initial_inputs
 from dfq.synthesize import synthesize
 
 register_configs()
-OPTIMIZED = ["inception", "bn_stats", "bn_stats_inception", "zeroq", "deepinversion"]
+OPTIMIZED = ["inception", "inception_uncapped", "bn_stats", "bn_stats_inception", "zeroq", "deepinversion"]
 BN_BASED = ["bn_stats", "bn_stats_inception", "zeroq", "deepinversion"]
 
 

@@ -1,0 +1,87 @@
+"""One sample-set recipe judged on held-out training images (never the test split): PTQ top-1 at
+W8A8, W6A6, W4A8 and W4A4, then W4A4 QAT from the calibrated student, with and without gradient
+clipping. How generator recipes are chosen before any test-split run.
+
+    python scripts/heldout_recipe.py experiment=cifar10_resnet20 generator=inception seed=0 \
+        --heldout 5000:10000 --out outputs/heldout/inception.jsonl
+
+Overrides compose as for `python -m dfq.run`; the samples come from (and go to) the shared sample
+cache. One JSON line per call: the recipe's overrides, synthesis seconds, the teacher's mean top
+probability and the samples' std on them, and each top-1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from torch.utils.data import Subset
+
+from dfq.config import compose_config, validate
+from dfq.distill.distill import distill
+from dfq.errors import UserError
+from dfq.evaluate import top1
+from dfq.pipeline import compress, load_teacher, make_samples, sample_path
+
+PTQ_BITS = ((8, 8), (6, 6), (4, 8), (4, 4))
+CLIP = 1.0  # finetune.grad_clip of the clipped QAT (docs/RESULTS.md, "QAT with gradient clipping")
+
+
+def judge(overrides: list[str], heldout_range: range, qat: bool = True) -> dict:
+    """The row of one recipe: sample statistics and held-out top-1 after PTQ and QAT."""
+    cfg = compose_config(overrides, "outputs/heldout")
+    config = validate(cfg)
+    data = hydra.utils.instantiate(cfg.dataset)
+    teacher = load_teacher(cfg.model, data)
+    heldout = Subset(data.split("train", teacher.normalization), heldout_range)
+    start = time.time()
+    path = sample_path(config, teacher, config.generator, Path("outputs/heldout"))
+    options = {"logger": False, "enable_progress_bar": False, "accelerator": "cpu", "devices": 1}
+    samples = make_samples(teacher, config.generator, data, path, options)
+    with torch.no_grad():
+        probability = teacher.module.eval()(samples.x).softmax(1).max(1).values.mean()
+    row = {"overrides": overrides, "synthesis_s": round(time.time() - start)}
+    row |= {"top_probability": round(float(probability), 4), "sample_std": round(float(samples.x.std()), 3)}
+    for w_bits, a_bits in PTQ_BITS:
+        policy = dataclasses.replace(config.quant, w_bits=w_bits, a_bits=a_bits)
+        torch.manual_seed(0)  # observers subsample large layers at random
+        student = compress(teacher.module, samples, policy, config.calibrate)
+        row[f"W{w_bits}A{a_bits}"] = round(top1(student, heldout, 500), 2)
+    if qat:  # `student` is the calibrated W4A4 one
+        for key, clip in (("W4A4_qat", None), ("W4A4_qat_clipped", CLIP)):
+            finetune = dataclasses.replace(config.finetune, enabled=True, grad_clip=clip)
+            tuned = distill(copy.deepcopy(student), teacher.module, samples.x, finetune, None, options)
+            row[key] = round(top1(tuned, heldout, 500), 2)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="dfq config overrides (experiment, generator, seed)")
+    parser.add_argument("--heldout", default="5000:10000", help="start:stop of the training images")
+    parser.add_argument("--no-qat", action="store_true", help="calibration only")
+    parser.add_argument("--out", type=Path, help="append the row to this JSON-lines file")
+    args = parser.parse_args(argv)
+    start, stop = (int(v) for v in args.heldout.split(":"))
+    try:
+        row = judge(args.overrides, range(start, stop), qat=not args.no_qat)
+    except (UserError, ValueError, OSError) as error:
+        print(f"heldout_recipe: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as out:
+            out.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
