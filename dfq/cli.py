@@ -14,7 +14,12 @@ from omegaconf import DictConfig
 from dfq.errors import RunFault, UserError
 
 # Lightning's notes on our deliberate choices (frozen teacher in eval mode, few workers) are noise here.
-QUIET = (".*module\\(s\\) in eval mode.*", ".*does not have many workers.*", ".*LeafSpec.*")
+QUIET = (
+    ".*module\\(s\\) in eval mode.*",
+    ".*does not have many workers.*",
+    ".*LeafSpec.*",
+    ".*number of training batches.*is smaller than the logging interval.*",  # synthesis logs itself
+)
 
 
 def fail(program: str, error: UserError | RunFault) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from omegaconf.errors import MissingMandatoryValue
 from dfq.distill.module import FinetuneConfig
 from dfq.errors import UserError
 from dfq.quant.policy import QuantPolicy
-from dfq.ranges import SEED_MAX, check_ranges, field_range, out_of_range, ranged
+from dfq.ranges import SEED_MAX, Range, check_ranges, field_range, out_of_range, ranged
 from dfq.speed import SpeedConfig
 from dfq.synthesis.generators import GeneratorConfig
 
@@ -159,34 +160,34 @@ def compose_config(overrides: typing.Sequence[str] = (), output_dir: str | None 
         return compose("config", overrides=overrides)
 
 
-def range_errors(node: Any, schema: type, prefix: str = "") -> list[str]:
-    """Every value of a composed config (or part) outside the `Range` its schema field declares, as
-    one-line messages with the full key; dict-of-schema nodes (`compare`) are walked per entry."""
+def ranged_values(node: Any, schema: type, prefix: str = "") -> Iterator[tuple[str, Range, Any]]:
+    """(full key, declared Range, value) of every ranged field of a composed config (or part of one),
+    a node's own fields before its groups' (so `seed=-1` is named, not the `generator.seed` that
+    follows it), dict-of-schema nodes (`compare`) walked per entry. Only ranged leaves are resolved:
+    others may need Hydra's resolvers."""
     if not dataclasses.is_dataclass(schema) or not isinstance(node, DictConfig):
-        return []
-    errors, hints = [], _schema_fields(schema)
+        return
+    hints = _schema_fields(schema)
     for field_ in dataclasses.fields(schema):
-        key, kind, valid = f"{prefix}{field_.name}", hints[field_.name], field_range(field_)
-        if valid is not None:  # only ranged leaves are resolved (others may need Hydra's resolvers)
+        if field_range(field_) is not None:
             value = OmegaConf.select(node, field_.name, default=None, throw_on_missing=False)
-            if isinstance(value, (int, float)) and value not in valid:
-                errors.append(out_of_range(key, value, valid))
-            continue
-        if typing.get_origin(kind) is dict and isinstance(node.get(field_.name), DictConfig):
-            items, item = node[field_.name], typing.get_args(kind)[1]
+            yield f"{prefix}{field_.name}", field_range(field_), value
+    for field_ in dataclasses.fields(schema):
+        key, kind = f"{prefix}{field_.name}", hints[field_.name]
+        if typing.get_origin(kind) is dict and dataclasses.is_dataclass(typing.get_args(kind)[1]):
+            items = node.get(field_.name) or {}
             for name in items:
-                errors += range_errors(items[name], item, f"{key}.{name}.")
+                yield from ranged_values(items[name], typing.get_args(kind)[1], f"{key}.{name}.")
         elif dataclasses.is_dataclass(kind):
-            errors += range_errors(node.get(field_.name), kind, f"{key}.")
-    return errors
+            yield from ranged_values(node.get(field_.name), kind, f"{key}.")
 
 
 def validate(cfg: DictConfig) -> Any:
     """Build the typed config (its schema: `RunConfig`, `SynthesizeConfig`, ...): first every numeric
     value against its declared range (the full key named), then each group's own checks."""
-    errors = range_errors(cfg, OmegaConf.get_type(cfg))
-    if errors:
-        raise ConfigError(errors[0])
+    for key, valid, value in ranged_values(cfg, OmegaConf.get_type(cfg)):
+        if isinstance(value, (int, float)) and value not in valid:
+            raise ConfigError(out_of_range(key, value, valid))
     try:
         return OmegaConf.to_object(cfg)
     except MissingMandatoryValue as error:  # a `???` left in the config (model=torchvision, model=custom)

@@ -63,6 +63,7 @@ class Result:
     iterations: int
     pad_crop: int  # the synthesis crops' padding (generator.pad_crop): it changes the samples
     epochs: int
+    grad_clip: str  # finetune.grad_clip of a fine-tuned result ("none": unclipped or not fine-tuned)
     test_samples: int
     seed: int
     fp_top1: float
@@ -78,8 +79,9 @@ SECTION += ("calibration", "protocol", "num_samples", "test_samples")
 SUMMARY_COLUMNS = (*PROTOCOL, "seeds", "seed_list", "fp_top1", "top1_mean", "top1_std")
 SUMMARY_COLUMNS += ("ptq_top1_mean", "ptq_top1_std", "wall_time_s")
 # Columns that tables written before them lack, with the value all of their runs had
-ADDED_COLUMNS = {"pad_crop": "0"}
-RECIPE_LABELS = {"iterations": "{} it", "pad_crop": "crop {}"}  # how a row label names a recipe field
+ADDED_COLUMNS = {"pad_crop": "0", "grad_clip": "none"}
+# how a row label names a recipe field in which rows of one data source differ
+RECIPE_LABELS = {"iterations": "{} it", "pad_crop": "crop {}", "grad_clip": "grad clip {}"}
 MARKDOWN_COLUMNS = {
     "model": "model",
     "fp_top1": "FP top-1",
@@ -97,6 +99,7 @@ MARKDOWN_COLUMNS = {
     "iterations": "iterations",
     "pad_crop": "crop padding",
     "epochs": "epochs",
+    "grad_clip": "grad clip",
     "seeds": "seeds",
     "top1": "top-1 %",
     "wall_time_s": "wall time (s)",
@@ -189,6 +192,7 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
                 iterations=int(recipe.get("iterations") or 0) if synthesized else 0,
                 pad_crop=int(recipe.get("pad_crop") or 0) if synthesized else 0,
                 epochs=int(cfg.finetune.epochs) if tuned else 0,
+                grad_clip=str(cfg.finetune.get("grad_clip") or "none") if tuned else "none",
                 top1=float(accuracy["qat_top1" if tuned else "ptq_top1"]),
                 ptq_top1=float(accuracy["ptq_top1"]),
             )

@@ -64,11 +64,12 @@ def parse_table(table: str) -> dict[str, list[float | None]]:
     return rows
 
 
-def sample_block(table: str, seconds: float) -> str:
+def sample_block(table: str, seconds: float, load: float) -> str:
     machine = f"{os.cpu_count()}-core {platform.machine()} {cpu_name()}, no GPU, torch {torch.__version__}"
     return (
         f"{BEGIN}\n```\n{table}\n```\n\n"
-        f"(`python -m dfq.run` with an empty cache on a {machine}; {seconds / 60:.1f} min wall time. "
+        f"(`python -m dfq.run` with an empty cache on a {machine}; {seconds / 60:.1f} min wall time at a "
+        f"load average of {load:.1f} before it started (0: an idle machine). "
         f"Regenerate with `python scripts/readme_sample.py`.)\n{END}"
     )
 
@@ -121,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             args.out.write_text(f"{header}\n\n{table}\n")
         return 0
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as cache:
         table, seconds = run_default([], Path(cache))
-    rewrite_readme(sample_block(table, seconds), args.readme)
+    rewrite_readme(sample_block(table, seconds, load), args.readme)
     print(table)
     return 0
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from dfq.config import ConfigError, RunConfig, check_key, check_overrides, register_configs, validate
-from dfq.ranges import Range, field_range
+from dfq.config import (
+    ConfigError,
+    RunConfig,
+    check_key,
+    check_overrides,
+    ranged_values,
+    register_configs,
+    validate,
+)
+from dfq.ranges import Range
 
 CONF = Path(__file__).resolve().parents[1] / "dfq" / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
@@ -80,22 +86,7 @@ def test_out_of_range_value_fails_before_work(override: str, message: str):
         validate(cfg)
 
 
-def ranged_keys(schema: type, node, prefix: str = "") -> list[tuple[str, Range]]:
-    """Every key of a composed config whose schema field declares a Range, with that Range."""
-    found, hints = [], typing.get_type_hints(schema)
-    for field in dataclasses.fields(schema):
-        key, kind, value = f"{prefix}{field.name}", hints[field.name], node.get(field.name)
-        if field_range(field) is not None:
-            found.append((key, field_range(field)))
-        if typing.get_origin(kind) is dict and dataclasses.is_dataclass(typing.get_args(kind)[1]):
-            for name in value:
-                found += ranged_keys(typing.get_args(kind)[1], value[name], f"{key}.{name}.")
-        elif dataclasses.is_dataclass(kind):
-            found += ranged_keys(kind, value, f"{key}.")
-    return found
-
-
-RANGED = ranged_keys(RunConfig, compose_run())
+RANGED = [(key, valid) for key, valid, _ in ranged_values(compose_run(), RunConfig)]
 
 
 def test_the_schema_walk_finds_every_group():

@@ -34,6 +34,7 @@ def fake_run(
     first_last_bits: int | None = None,
     compare: dict[str, float] | None = None,
     pad_crop: int | None = None,
+    grad_clip: float | None = None,
 ) -> Path:
     """A run directory as dfq.record writes it: metrics.json and the resolved config.yaml."""
     iterations = {"real": 0, "gaussian": 0}.get(generator, 500)
@@ -84,7 +85,11 @@ def fake_run(
             },
         },
         "calibrate": {"num_samples": None, "batch_size": 128},
-        "finetune": {"enabled": qat is not None, "epochs": 30 if qat is not None else 0},
+        "finetune": {
+            "enabled": qat is not None,
+            "epochs": 30 if qat is not None else 0,
+            "grad_clip": grad_clip,
+        },
     }
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -155,6 +160,14 @@ def test_samples_synthesized_through_crops_are_their_own_row(tmp_path):
     assert [(r["pad_crop"], r["top1_mean"]) for r in rows] == [(0, 80.0), (4, 81.0)]
     assert "| bn_stats (crop 0) | 80.00 |" in to_markdown(rows)
     assert "| bn_stats (crop 4) | 81.00 |" in to_markdown(rows)
+
+
+def test_clipped_fine_tuning_is_its_own_row(tmp_path):
+    fake_run(tmp_path / "a", "inception", (4, 4), 0, 86.0, qat=10.0)
+    fake_run(tmp_path / "b", "inception", (4, 4), 0, 86.0, qat=87.0, grad_clip=1.0)
+    rows = aggregate(collect([tmp_path]))
+    assert [(r["grad_clip"], r["top1_mean"]) for r in rows] == [("none", 10.0), ("1.0", 87.0)]
+    assert "| inception (grad clip 1.0) |" in to_markdown(rows)
 
 
 def test_a_table_written_before_the_crop_column_still_extends(tmp_path):
