@@ -169,9 +169,10 @@ def ranged_values(node: Any, schema: type, prefix: str = "") -> Iterator[tuple[s
         return
     hints = _schema_fields(schema)
     for field_ in dataclasses.fields(schema):
-        if field_range(field_) is not None:
+        valid = field_range(field_)
+        if valid is not None:
             value = OmegaConf.select(node, field_.name, default=None, throw_on_missing=False)
-            yield f"{prefix}{field_.name}", field_range(field_), value
+            yield f"{prefix}{field_.name}", valid, value
     for field_ in dataclasses.fields(schema):
         key, kind = f"{prefix}{field_.name}", hints[field_.name]
         if typing.get_origin(kind) is dict and dataclasses.is_dataclass(typing.get_args(kind)[1]):
@@ -186,7 +187,7 @@ def validate(cfg: DictConfig) -> Any:
     """Build the typed config (its schema: `RunConfig`, `SynthesizeConfig`, ...): first every numeric
     value against its declared range (the full key named), then each group's own checks."""
     for key, valid, value in ranged_values(cfg, OmegaConf.get_type(cfg)):
-        if isinstance(value, (int, float)) and value not in valid:
+        if value is not None and value not in valid:  # Range passes non-numbers to the schema's check
             raise ConfigError(out_of_range(key, value, valid))
     try:
         return OmegaConf.to_object(cfg)
