@@ -46,7 +46,13 @@ def test_off_a_terminal_lines_are_plain_and_rate_limited(monkeypatch: pytest.Mon
 
 def synthesize_command(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     args = [*TINY, f"out={tmp_path / 'set.pt'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    env = {**os.environ, "DFQ_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    # TQDM_MININTERVAL=0: tqdm redraws on every update, so the bar's loss shows however fast the run is
+    env = {
+        **os.environ,
+        "DFQ_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "TQDM_MININTERVAL": "0",
+    }
     return [sys.executable, "-m", "dfq.synthesize", *args], env
 
 
