@@ -20,14 +20,27 @@ from omegaconf.errors import MissingMandatoryValue
 
 from dfq.distill.module import FinetuneConfig
 from dfq.errors import UserError
+from dfq.quant.calibrate import CalibrateConfig
 from dfq.quant.policy import QuantPolicy
+from dfq.quant.reconstruct import ReconstructConfig
 from dfq.ranges import SEED_MAX, Range, check_ranges, field_range, out_of_range, ranged
+from dfq.samples import sample_source
 from dfq.speed import SpeedConfig
+from dfq.steps import check_steps
 from dfq.synthesis.generators import GeneratorConfig
 
 
 class ConfigError(UserError):
     """A composed config holds a value outside its valid range."""
+
+
+def check_sources(recipes: dict[str, GeneratorConfig]) -> None:
+    """Every recipe's `source` names an entry of the one registry of sample sources."""
+    for key, recipe in recipes.items():
+        try:
+            sample_source(recipe.source, f"{key}.source")
+        except UserError as error:
+            raise ValueError(str(error)) from error
 
 
 @dataclass
@@ -54,18 +67,15 @@ class ModelConfig:
 
 
 @dataclass
-class CalibrateConfig:
-    """Post-training calibration: how many samples the observers see, in which batch size, and the
-    optional corrections (BN folding into a copy, BN re-estimation, bias correction)."""
+class StudentConfig:
+    """The student's recipe: its steps in order, each a `dfq.steps.STEPS` name whose options live in
+    the group of the same role (`calibrate`, `reconstruct`, `finetune`); an inactive step
+    (`reconstruct=none`, `finetune=none`) is skipped."""
 
-    num_samples: int | None = ranged(None, 1)  # None: every sample the generator made
-    batch_size: int = ranged(128, 1)
-    fold_bn: bool = False  # fold BN into the preceding conv before quantizing (and before QAT)
-    bn_reestimate: bool = False  # recompute the student's BN statistics on the samples
-    bias_correction: bool = False  # subtract the weights' expected quantization error (Nagel et al. 2019)
+    steps: list[str] = field(default_factory=lambda: ["calibrate", "reconstruct", "distill"])
 
     def __post_init__(self) -> None:
-        check_ranges(self, "calibrate")
+        check_steps(self.steps)
 
 
 @dataclass
@@ -99,7 +109,9 @@ class RunConfig:
     compare: dict[str, GeneratorConfig] = field(default_factory=dict)
     quant: QuantPolicy = field(default_factory=QuantPolicy)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
@@ -108,6 +120,9 @@ class RunConfig:
     experiment: str | None = None
     task_name: str = "run"
     seed: int = ranged(0, 0, SEED_MAX)
+
+    def __post_init__(self) -> None:
+        check_sources({"generator": self.generator} | {f"compare.{k}": v for k, v in self.compare.items()})
 
 
 @dataclass
@@ -124,6 +139,9 @@ class SynthesizeConfig:
     out: str = MISSING  # the sample set file; its batches are kept in `<out>.parts/` until it is done
     grid: bool = True  # also write `<out>` with suffix .png: a grid of the samples
     task_name: str = "synthesize"
+
+    def __post_init__(self) -> None:
+        check_sources({"generator": self.generator})
 
 
 @dataclass

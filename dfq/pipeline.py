@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -18,28 +19,24 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import Subset, TensorDataset, default_collate
+from torch.utils.data import Subset, TensorDataset
 
 from dfq.config import CalibrateConfig, RunConfig, validate
 from dfq.dashboard import log_final
+from dfq.data.sample_set import SampleSet
 from dfq.data.source import DataSource
-from dfq.data.synthetic import read_samples
-from dfq.distill.distill import distill
-from dfq.distill.module import FinetuneConfig
-from dfq.distributed import World, launch
+from dfq.distributed import launch
 from dfq.errors import UserError
 from dfq.evaluate import top1
 from dfq.models.load import ModelEntry, build_model, normalization_from
 from dfq.quant.bn import fold_batchnorm
-from dfq.quant.calibrate import calibrate
 from dfq.quant.export import export_quantized
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.prepare import quantize
 from dfq.record import log_sample_grid, record, save_grid
-from dfq.speed import SpeedConfig
+from dfq.samples import make_samples
+from dfq.steps import STEPS, StepContext, calibrate_step, run_steps
 from dfq.synthesis.generators import GeneratorConfig
-from dfq.synthesis.store import SampleSet
-from dfq.synthesize import sample_metadata, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -57,63 +54,13 @@ def load_teacher(model_cfg: DictConfig, data: DataSource) -> ModelEntry:
     return build_model(model_cfg, train_fn)
 
 
-def draw_real(teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource) -> SampleSet:
-    """`recipe.num_samples` images drawn at random (seeded) from the real training split."""
-    train = data.split("train", teacher.normalization)
-    count = len(train)
-    if recipe.num_samples > count:
-        raise ValueError(f"generator.num_samples={recipe.num_samples} exceeds the {count} training images")
-    pick = torch.randperm(count, generator=torch.Generator().manual_seed(recipe.seed))[: recipe.num_samples]
-    if isinstance(train, TensorDataset):
-        x, y = (tensor[pick].clone() for tensor in train.tensors)
-    else:  # a lazily decoded set (image folders): decode only the picked images
-        x, y = default_collate([train[int(i)] for i in pick])
-    return SampleSet(x, y, sample_metadata(teacher, recipe))
-
-
-def real_source(
-    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None, world=None
-) -> SampleSet:
-    """Real training images (`source: real`), saved to `path` when given."""
-    samples = draw_real(teacher, recipe, data)
-    if path:
-        samples.save(path)
-    return samples
-
-
-def saved_source(
-    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None, world=None
-) -> SampleSet:
-    """A set saved earlier (`source: saved`, `generator.path`), checked to fit the teacher; the part
-    used is written to `path` when given, like every source's samples."""
-    samples = read_samples(recipe.path, teacher.normalization, teacher.name, recipe.num_samples)
-    if path and Path(path).resolve() != Path(recipe.path).resolve():
-        samples.save(path)
-    return samples
-
-
-def synthesis_source(
-    teacher: ModelEntry, recipe: GeneratorConfig, data: DataSource, path, options, speed=None, world=None
-) -> SampleSet:
-    """Inputs optimized against the teacher (`source: synthesis`), resumable through `path`."""
-    return synthesize(teacher, recipe, path, options, speed, world)
-
-
-SAMPLE_SOURCES = {"synthesis": synthesis_source, "real": real_source, "saved": saved_source}
-
-
-def make_samples(
-    teacher: ModelEntry,
-    recipe: GeneratorConfig,
-    data: DataSource,
-    path: str | Path | None = None,
-    trainer_options: dict[str, Any] | None = None,
-    speed: SpeedConfig | None = None,
-    world: World | None = None,
-) -> SampleSet:
-    """Samples from the recipe's source (a `SAMPLE_SOURCES` entry): synthesized from the teacher (split
-    across the ranks of `world`), real training images, or a saved set."""
-    return SAMPLE_SOURCES[recipe.source](teacher, recipe, data, path, trainer_options, speed, world)
+def prepare_student(
+    teacher: nn.Module, samples: SampleSet, policy: QuantPolicy, fold_bn: bool
+) -> tuple[nn.Module, nn.Module]:
+    """The quantized copy of `teacher` every student step starts from, and the float network it was
+    quantized from (the teacher, or a BN-folded copy when asked)."""
+    base = fold_batchnorm(teacher) if fold_bn else teacher  # a copy: the teacher keeps its BN
+    return quantize(base, policy, samples.x[:2]), base
 
 
 def compress(
@@ -123,12 +70,8 @@ def compress(
     calibration: CalibrateConfig,
 ) -> nn.Module:
     """Quantized copy of `teacher`, calibrated on (the first `calibration.num_samples` of) `samples`."""
-    x = samples.first(calibration.num_samples, "calibrate.num_samples").x
-    base = fold_batchnorm(teacher) if calibration.fold_bn else teacher  # a copy: the teacher keeps its BN
-    student = quantize(base, policy, x[:2])
-    return calibrate(
-        student, x, calibration.batch_size, calibration.bn_reestimate, calibration.bias_correction
-    )
+    student, _ = prepare_student(teacher, samples, policy, calibration.fold_bn)
+    return calibrate_step(student, calibration, StepContext(teacher, samples))
 
 
 def limit(dataset: TensorDataset, max_samples: int | None) -> TensorDataset | Subset:
@@ -144,41 +87,46 @@ def evaluate_source(
     trainer_options: dict[str, Any],
     out_dir: Path | None = None,
     export: bool = True,
-) -> dict[str, float]:
-    """Calibrate and (optionally) distill a student on `samples`; its test accuracy after each.
+) -> dict[str, Any]:
+    """Run the student's steps (`config.student.steps`) on `samples`: the test accuracy after each
+    (`ptq_top1`, `qat_top1`, ...) and each step's record (`steps`).
 
-    With `out_dir`: distillation checkpoints in `out_dir/checkpoints` (a rerun resumes), and the final
-    student exported to `out_dir/quantized.pt` + `.json` (`python -m dfq.evaluate` reads it) unless
-    `export` is False (ranks other than 0).
+    With `out_dir`: the steps' checkpoints below it (a rerun resumes), and the final student exported
+    to `out_dir/quantized.pt` + `.json` (`python -m dfq.evaluate` reads it) unless `export` is False
+    (ranks other than 0).
     """
-    student = compress(teacher.module, samples, config.quant, config.calibrate)
-    result = {"ptq_top1": top1(student, test, config.evaluate.batch_size)}
-    finetune: FinetuneConfig = config.finetune
-    if finetune.active:
-        tuning = samples.first(finetune.num_samples, "finetune.num_samples")
-        labels = tuning.y if finetune.label_weight else None
-        checkpoints = out_dir / "checkpoints" if out_dir else None
-        distill(
-            student, teacher.module, tuning.x, finetune, labels, trainer_options, checkpoints, config.speed
-        )
-        result["qat_top1"] = top1(student, test, config.evaluate.batch_size)
+    student, base = prepare_student(teacher.module, samples, config.quant, config.calibrate.fold_bn)
+    context = StepContext(teacher.module, samples, trainer_options, out_dir, config.speed, base)
+    options = functools.partial(getattr, config)
+    student, records = run_steps(
+        student, config.student.steps, options, context, test, config.evaluate.batch_size
+    )
     if out_dir and export:
         export_quantized(student, out_dir / "quantized.pt", {"model": teacher.name})
-    return result
+    return {STEPS[record["name"]].metric: record["top1"] for record in records} | {"steps": records}
+
+
+TABLE_COLUMNS = {"ptq_top1": "calibrated", "reconstruct_top1": "reconstructed", "qat_top1": "fine-tuned"}
 
 
 def format_table(metrics: dict[str, Any]) -> str:
-    """The short table a run prints: accuracy per data source after calibration and fine-tuning."""
+    """The short table a run prints: accuracy per data source after calibration, reconstruction (when
+    a source was reconstructed) and fine-tuning."""
     bits = f"W{metrics['w_bits']}A{metrics['a_bits']}"
+    shown = [key for key in TABLE_COLUMNS if key != "reconstruct_top1"]
+    if any("reconstruct_top1" in result for result in metrics["sources"].values()):
+        shown.insert(1, "reconstruct_top1")
+    headers = [f"{bits} {TABLE_COLUMNS[key]}" for key in shown]
+    widths = [max(18, len(header) + 3) for header in headers]
     lines = [
         f"dfq: {metrics['model']} {bits} ({metrics['protocol']}), {metrics['num_samples']} samples, "
         f"test top-1 % on {metrics['test_samples']} images",
-        f"{'data source':<22}{bits + ' calibrated':>18}{bits + ' fine-tuned':>18}",
+        f"{'data source':<22}" + "".join(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True)),
     ]
     for name, result in metrics["sources"].items():
-        qat = result.get("qat_top1")
-        lines.append(f"{name:<22}{result['ptq_top1']:>18.2f}{'-' if qat is None else f'{qat:.2f}':>18}")
-    lines.append(f"{'full precision':<22}{metrics['fp_top1']:>18.2f}")
+        cells = ["-" if result.get(key) is None else f"{result[key]:.2f}" for key in shown]
+        lines.append(f"{name:<22}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    lines.append(f"{'full precision':<22}{metrics['fp_top1']:>{widths[0]}.2f}")
     return "\n".join(lines)
 
 

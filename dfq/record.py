@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
+from dfq.data.sample_set import SampleSet
 from dfq.io import atomic_path, save_json
 from dfq.models.normalization import Normalization
-from dfq.synthesis.store import SampleSet
 
 
 def sample_grid(samples: SampleSet, normalization: Normalization, per_class: int = 8) -> torch.Tensor:

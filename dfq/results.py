@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from dfq.errors import UserError
 from dfq.io import atomic_path
 from dfq.quant.observers import own_options
+from dfq.steps import STEPS
 
 SOURCE_ORDER = (
     "real",
@@ -33,13 +34,20 @@ SOURCE_ORDER = (
     "zeroq",
     "deepinversion",
 )
-MODES = ("calibrated", "fine-tuned")  # calibration only (PTQ), then quantization-aware distillation (QAT)
-MODE_LABELS = {"calibrated": "PTQ", "fine-tuned": "QAT"}
-CALIBRATION_OPTIONS = ("fold_bn", "bn_reestimate", "bias_correction")
+CALIBRATION_ONLY = "calibrate"  # the steps of a calibration-only (PTQ) result
+# what a run's steps were before metrics.json held step records (read from its config.yaml), and
+# what a table written before them holds in their place
+LEGACY_OPTIONS = {
+    "calibrate": ("fold_bn", "bn_reestimate", "bias_correction"),
+    "distill": ("epochs", "grad_clip"),
+}
 
 
 class ResultsError(UserError):
     """A run directory whose files cannot be read as a dfq run."""
+
+
+Options = tuple[tuple[str, str], ...]  # sorted (`<step>.<option>`, value as text)
 
 
 @dataclass(frozen=True)
@@ -56,15 +64,13 @@ class Result:
     symmetry: str
     observer: str
     placement: str
-    calibration: str
     protocol: str
-    mode: str
+    steps: str  # the student's steps that ran, e.g. `calibrate+distill` (dfq.steps)
     num_samples: int
     iterations: int
     pad_crop: int  # the synthesis crops' padding (generator.pad_crop): it changes the samples
-    epochs: int
-    grad_clip: str  # finetune.grad_clip of a fine-tuned result ("none": unclipped or not fine-tuned)
     test_samples: int
+    options: Options  # every option of every step, from the step records: one column each
     seed: int
     fp_top1: float
     top1: float
@@ -74,14 +80,15 @@ class Result:
 
 MEASURED = ("seed", "fp_top1", "top1", "ptq_top1", "wall_time_s")
 PROTOCOL = tuple(f.name for f in fields(Result) if f.name not in MEASURED)
+FIXED = tuple(name for name in PROTOCOL if name != "options")  # the protocol columns every table has
 SECTION = ("experiment", "model", "first_last_bits", "granularity", "symmetry", "observer", "placement")
-SECTION += ("calibration", "protocol", "num_samples", "test_samples")
-SUMMARY_COLUMNS = (*PROTOCOL, "seeds", "seed_list", "fp_top1", "top1_mean", "top1_std")
-SUMMARY_COLUMNS += ("ptq_top1_mean", "ptq_top1_std", "wall_time_s")
+SECTION += ("protocol", "num_samples", "test_samples")
+SUMMARY_COLUMNS = (*FIXED, "seeds", "seed_list", "fp_top1", "top1_mean", "top1_std")
+SUMMARY_COLUMNS += ("ptq_top1_mean", "ptq_top1_std", "wall_time_s")  # then one column per step option
 # Columns that tables written before them lack, with the value all of their runs had
-ADDED_COLUMNS = {"pad_crop": "0", "grad_clip": "none"}
+ADDED_COLUMNS = {"pad_crop": "0"}
 # how a row label names a recipe field in which rows of one data source differ
-RECIPE_LABELS = {"iterations": "{} it", "pad_crop": "crop {}", "grad_clip": "grad clip {}"}
+RECIPE_LABELS = {"iterations": "{} it", "pad_crop": "crop {}"}
 MARKDOWN_COLUMNS = {
     "model": "model",
     "fp_top1": "FP top-1",
@@ -92,14 +99,11 @@ MARKDOWN_COLUMNS = {
     "symmetry": "symmetry",
     "observer": "observer",
     "placement": "placement",
-    "calibration": "calibration",
     "protocol": "protocol",
-    "mode": "mode",
+    "steps": "steps",
     "num_samples": "samples",
     "iterations": "iterations",
     "pad_crop": "crop padding",
-    "epochs": "epochs",
-    "grad_clip": "grad clip",
     "seeds": "seeds",
     "top1": "top-1 %",
     "wall_time_s": "wall time (s)",
@@ -128,12 +132,29 @@ def observer_name(spec: DictConfig) -> str:
     return f"{spec.observer}({','.join(str(v) for v in options.values())})" if options else str(spec.observer)
 
 
-def calibration_name(cfg: DictConfig) -> str:
-    """The calibration corrections switched on (`plain` when none)."""
-    enabled = [
-        name for name in CALIBRATION_OPTIONS if OmegaConf.select(cfg, f"calibrate.{name}", default=False)
-    ]
-    return "+".join(enabled) or "plain"
+def option_text(value: Any) -> str:
+    """A step option's value as table text (JSON for lists and mappings)."""
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def record_options(records: Sequence[dict[str, Any]]) -> Options:
+    """Every option of every step record, keyed `<step>.<option>`, sorted."""
+    pairs = (
+        (f"{r['name']}.{key}", option_text(value)) for r in records for key, value in r["options"].items()
+    )
+    return tuple(sorted(pairs))
+
+
+def legacy_records(cfg: DictConfig, accuracy: dict[str, Any]) -> list[dict[str, Any]]:
+    """The step records of a run from before metrics.json held them, rebuilt from its config.yaml with
+    the options the collector read then (calibration corrections, fine-tuning epochs and clipping)."""
+    calibration = {name: bool(OmegaConf.select(cfg, f"calibrate.{name}", default=False))
+                   for name in LEGACY_OPTIONS["calibrate"]}  # fmt: skip
+    records = [{"name": "calibrate", "options": calibration, "top1": accuracy["ptq_top1"]}]
+    if bool(cfg.finetune.enabled) and int(cfg.finetune.epochs) > 0 and "qat_top1" in accuracy:
+        tuning = {"epochs": int(cfg.finetune.epochs), "grad_clip": cfg.finetune.get("grad_clip")}
+        records.append({"name": "distill", "options": tuning, "top1": accuracy["qat_top1"]})
+    return records
 
 
 def source_recipe(cfg: DictConfig, source: str) -> DictConfig:
@@ -158,9 +179,9 @@ def read_run(run_dir: str | Path) -> list[Result]:
 
 
 def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list[Result]:
-    """One Result per data source of a run, its protocol read from the resolved config."""
+    """One Result per data source of a run: its student's steps and their options from the step
+    records in metrics.json, the quantization protocol and sample recipe from the resolved config."""
     quant = cfg.quant
-    fine_tuned = bool(cfg.finetune.enabled) and int(cfg.finetune.epochs) > 0
     common = {
         "experiment": str(cfg.get("experiment") or cfg.get("task_name") or run_dir.parent.name),
         "model": metrics["model"],
@@ -171,7 +192,6 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
         "symmetry": both_quantizers(quant, lambda spec: "sym" if spec.symmetric else "asym"),
         "observer": both_quantizers(quant, observer_name),
         "placement": str(quant.placement) + ("+residual" if quant.get("quantize_residual") else ""),
-        "calibration": calibration_name(cfg),
         "protocol": str(metrics["protocol"]),
         "test_samples": int(metrics["test_samples"]),
         "seed": int(metrics["seed"]),
@@ -181,20 +201,19 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
     results = []
     for source, accuracy in metrics["sources"].items():
         recipe = source_recipe(cfg, source)
-        tuned = fine_tuned and "qat_top1" in accuracy
+        records = accuracy.get("steps") or legacy_records(cfg, accuracy)
         synthesized = recipe.get("source") == "synthesis"
         results.append(
             Result(
                 **common,
                 data_source=source,
-                mode=MODES[tuned],
+                steps="+".join(record["name"] for record in records),
                 num_samples=int(recipe.num_samples),
                 iterations=int(recipe.get("iterations") or 0) if synthesized else 0,
                 pad_crop=int(recipe.get("pad_crop") or 0) if synthesized else 0,
-                epochs=int(cfg.finetune.epochs) if tuned else 0,
-                grad_clip=str(cfg.finetune.get("grad_clip") or "none") if tuned else "none",
-                top1=float(accuracy["qat_top1" if tuned else "ptq_top1"]),
-                ptq_top1=float(accuracy["ptq_top1"]),
+                options=record_options(records),
+                top1=float(records[-1]["top1"]),
+                ptq_top1=float(records[0]["top1"]),
             )
         )
     return results
@@ -214,10 +233,15 @@ def sort_key(row: dict[str, Any]) -> tuple:
         row["model"],
         rank,
         source,
-        MODES.index(row["mode"]),
+        *steps_rank(row["steps"]),
         -row["w_bits"],
         -row["a_bits"],
     )
+
+
+def steps_rank(steps: str) -> tuple[int, str]:
+    """Calibration only first, then by the number of steps after it."""
+    return steps.count("+"), steps
 
 
 @dataclass(frozen=True)
@@ -303,12 +327,24 @@ def aggregate(results: Sequence[Result], tables: Sequence[dict[tuple, Tally]] = 
             merge(tallies, key, tally)
     for result in results:
         merge(tallies, tuple(getattr(result, name) for name in PROTOCOL), Tally.of(result))
-    rows = [{**dict(zip(PROTOCOL, key, strict=True)), **t.summary()} for key, t in tallies.items()]
+    rows = [protocol_row(key) | tally.summary() for key, tally in tallies.items()]
     return sorted(rows, key=sort_key)
 
 
+def protocol_row(key: tuple) -> dict[str, Any]:
+    """A protocol key as row fields: the fixed columns, `options` (the pairs), and each option as a
+    column of its own."""
+    row = dict(zip(PROTOCOL, key, strict=True))
+    return row | dict(row["options"])
+
+
+def option_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Every step option some row records, sorted."""
+    return sorted({name for row in rows for name, _ in row["options"]})
+
+
 FIELD_TYPES = {"int": int, "float": float, "str": str}
-TYPES = {f.name: FIELD_TYPES[f.type] for f in fields(Result)}  # each Result field's type
+TYPES = {f.name: FIELD_TYPES[f.type] for f in fields(Result) if f.name != "options"}  # fixed fields' types
 
 
 def read_table(path: str | Path) -> dict[tuple, Tally]:
@@ -319,22 +355,44 @@ def read_table(path: str | Path) -> dict[tuple, Tally]:
             rows = list(reader)
     except OSError as error:
         raise ResultsError(f"results table not readable: {path} ({error.strerror})") from error
-    missing = set(SUMMARY_COLUMNS) - set(reader.fieldnames or ()) - set(ADDED_COLUMNS)
+    columns = set(reader.fieldnames or ())
+    legacy = "steps" not in columns and columns >= LEGACY_COLUMNS
+    missing = set(SUMMARY_COLUMNS) - columns - set(ADDED_COLUMNS) - ({"steps"} if legacy else set())
     if missing:
         raise ResultsError(
             f"{path} is not a results table written by dfq: no column {sorted(missing)} "
             "(a table without seed lists cannot be extended; collect its run directories instead)"
         )
     try:
-        return {protocol_key(row): table_tally(row, path) for row in rows}
+        return {protocol_key(legacy_row(row) if legacy else row): table_tally(row, path) for row in rows}
     except ValueError as error:
         raise ResultsError(f"{path} holds a value that is not a number where one belongs: {error}") from error
 
 
+# the columns that tables written before step records had in place of `steps` and the option columns
+LEGACY_COLUMNS = {"calibration", "mode", "epochs", "grad_clip"}
+
+
+def legacy_row(row: dict[str, str]) -> dict[str, str]:
+    """A row of a table written before step records, in today's columns: the same steps and options
+    that `legacy_records` rebuilds from such a run's config."""
+    corrections = set(row["calibration"].split("+"))
+    new = {f"calibrate.{name}": str(name in corrections) for name in LEGACY_OPTIONS["calibrate"]}
+    tuned = row["mode"] == "fine-tuned"
+    if tuned:
+        clip = row["grad_clip"]
+        new |= {"distill.epochs": row["epochs"], "distill.grad_clip": "None" if clip == "none" else clip}
+    rest = {key: value for key, value in row.items() if key not in LEGACY_COLUMNS}
+    return rest | new | {"steps": "calibrate+distill" if tuned else CALIBRATION_ONLY}
+
+
 def protocol_key(row: dict[str, str]) -> tuple:
-    """A CSV row's protocol fields, typed; a column added after the table was written takes the value
-    every run had before it existed."""
-    return tuple(TYPES[name](row[name] if name in row else ADDED_COLUMNS[name]) for name in PROTOCOL)
+    """A CSV row's protocol, typed: the fixed columns (one added after the table was written takes
+    the value every run had before it existed), then the option columns the row fills."""
+    fixed = tuple(TYPES[name](row[name] if name in row else ADDED_COLUMNS[name]) for name in FIXED)
+    known = set(SUMMARY_COLUMNS) | set(ADDED_COLUMNS)
+    options = tuple(sorted((name, value) for name, value in row.items() if name not in known and value != ""))
+    return (*fixed, options)
 
 
 def table_tally(row: dict[str, str], path: str | Path) -> Tally:
@@ -354,19 +412,26 @@ def table_tally(row: dict[str, str], path: str | Path) -> Tally:
     )
 
 
-# A table column, as its sort key: mode index, -weight bits, -activation bits (PTQ first, more bits first)
-Column = tuple[int, int, int]
+# A table column, as its sort key: rank and name of the steps, -weight bits, -activation bits
+# (calibration only first, more bits first)
+Column = tuple[int, str, int, int]
 Cell = tuple[float, float | None]  # mean, std (None for a single seed)
 
 
-def column(row: dict[str, Any], mode: str | None = None) -> Column:
-    """The table column of a row (or of its `mode` result), e.g. W4A4 QAT."""
-    return (MODES.index(mode or row["mode"]), -row["w_bits"], -row["a_bits"])
+def column(row: dict[str, Any], steps: str | None = None) -> Column:
+    """The table column of a row (or of its result after `steps`), e.g. W4A4 QAT."""
+    return (*steps_rank(steps or row["steps"]), -row["w_bits"], -row["a_bits"])
+
+
+def steps_label(steps: str) -> str:
+    """`PTQ` for calibration only, else the labels of the steps after it (`QAT`)."""
+    later = steps.split("+")[1:]
+    return "+".join(STEPS[name].label if name in STEPS else name for name in later) or "PTQ"
 
 
 def column_name(key: Column) -> str:
-    """`W4A4 QAT`: bits and whether the student was fine-tuned."""
-    return f"W{-key[1]}A{-key[2]} {MODE_LABELS[MODES[key[0]]]}"
+    """`W4A4 QAT`: bits and the student's steps."""
+    return f"W{-key[2]}A{-key[3]} {steps_label(key[1])}"
 
 
 def accuracy(mean: float, std: float | None) -> str:
@@ -382,25 +447,43 @@ def sections(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]
     return grouped
 
 
+def differing(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Recipe fields and step options in which `rows` differ (an option counts among the rows of the
+    same steps, a row without it as a value of its own)."""
+    names = [name for name in RECIPE_LABELS if len({row[name] for row in rows}) > 1]
+    for name in option_columns(rows):
+        holders = [row for row in rows if name in row]
+        alike = [row for row in rows if any(row["steps"] == other["steps"] for other in holders)]
+        if len({row.get(name) for row in alike}) > 1:
+            names.append(name)
+    return names
+
+
 def row_label(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
-    """The data source, with the recipe fields (iterations, crops) in which its rows differ."""
+    """The data source, with the recipe fields (iterations, crops) and step options (`distill.lr`) in
+    which its rows differ."""
     same = [other for other in rows if other["data_source"] == row["data_source"]]
-    differ = [name for name in RECIPE_LABELS if len({other[name] for other in same}) > 1]
-    details = ", ".join(RECIPE_LABELS[name].format(row[name]) for name in differ)
-    return f"{row['data_source']} ({details})" if details else row["data_source"]
+    details = [
+        RECIPE_LABELS[name].format(row[name]) if name in RECIPE_LABELS else f"{name} {row.get(name, '-')}"
+        for name in differing(same)
+        if name in RECIPE_LABELS or any(other["steps"] == row["steps"] and name in other for other in same)
+    ]
+    return f"{row['data_source']} ({', '.join(details)})" if details else row["data_source"]
 
 
 def pivot(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[Column], dict[tuple[str, Column], Cell]]:
-    """Row labels, columns and cells of one section's table. A fine-tuned row also fills the PTQ
-    column of its bits with its calibrated student's top-1, unless a calibration-only row does."""
+    """Row labels, columns and cells of one section's table. A row with steps after calibration also
+    fills the PTQ column of its bits with its calibrated student's top-1, unless a calibration-only
+    row does."""
     cells: dict[tuple[str, Column], Cell] = {}
     labels: list[str] = []
     for row in rows:
         label = row_label(row, rows)
         if label not in labels:
             labels.append(label)
-        if row["mode"] == "fine-tuned":
-            cells.setdefault((label, column(row, "calibrated")), (row["ptq_top1_mean"], row["ptq_top1_std"]))
+        if row["steps"] != CALIBRATION_ONLY:
+            calibrated = column(row, CALIBRATION_ONLY)
+            cells.setdefault((label, calibrated), (row["ptq_top1_mean"], row["ptq_top1_std"]))
         cells[(label, column(row))] = (row["top1_mean"], row["top1_std"])
     return labels, sorted({key for _, key in cells}), cells
 
@@ -411,20 +494,28 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list
     return lines + ["| " + " | ".join(cells) + " |" for cells in body]
 
 
+def shared_steps(rows: Sequence[dict[str, Any]]) -> str:
+    """The section's steps, and the step options every row that records them sets alike."""
+    steps = sorted({row["steps"] for row in rows}, key=steps_rank)
+    varying = set(differing(rows))
+    alike = [f"{name}={rows_value}" for name in option_columns(rows) if name not in varying
+             for rows_value in {row[name] for row in rows if name in row}]  # fmt: skip
+    text = "steps " + " / ".join(steps)
+    return f"{text} ({', '.join(alike)})" if alike else text
+
+
 def section_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Heading, protocol line and table (data source x setting) of one section."""
     first = rows[0]
     seeds = sorted({row["seeds"] for row in rows})
-    epochs = sorted({row["epochs"] for row in rows if row["mode"] == "fine-tuned"})
     bits = first["first_last_bits"]
     first_last = "the target bits" if bits == "same" else f"{bits} bits"
-    qat = f"QAT epochs {'/'.join(map(str, epochs))}" if epochs else "calibration only (no QAT)"
     protocol = (
         f"Protocol {first['protocol']}: granularity {first['granularity']}, {first['symmetry']}, "
         f"observers {first['observer']}, activations at {first['placement']}, first/last layers at "
-        f"{first_last}, calibration {first['calibration']}; {first['num_samples']} samples "
-        f"per source; {qat}; top-1 % on {first['test_samples']} "
-        f"test images, mean ± std over seeds (seeds per row: {'/'.join(map(str, seeds))})."
+        f"{first_last}; {first['num_samples']} samples per source; {shared_steps(rows)}; top-1 % on "
+        f"{first['test_samples']} test images, mean ± std over seeds (seeds per row: "
+        f"{'/'.join(map(str, seeds))})."
     )
     labels, columns, cells = pivot(rows)
     body = [
@@ -436,8 +527,8 @@ def section_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [heading, "", protocol, "", *markdown_table(header, body), ""]
 
 
-def long_row(row: dict[str, Any]) -> list[str]:
-    """One summary row in the markdown column order."""
+def long_row(row: dict[str, Any], options: Sequence[str] = ()) -> list[str]:
+    """One summary row in the markdown column order, then the given option columns."""
     values = {
         **row,
         "bits": f"W{row['w_bits']}A{row['a_bits']}",
@@ -445,7 +536,7 @@ def long_row(row: dict[str, Any]) -> list[str]:
         "top1": accuracy(row["top1_mean"], row["top1_std"]),
         "wall_time_s": f"{row['wall_time_s']:.0f}",
     }
-    return [str(values[name]) for name in MARKDOWN_COLUMNS]
+    return [str(values[name]) for name in MARKDOWN_COLUMNS] + [str(row.get(name, "-")) for name in options]
 
 
 def to_markdown(rows: Sequence[dict[str, Any]], title: str = "Results") -> str:
@@ -453,24 +544,28 @@ def to_markdown(rows: Sequence[dict[str, Any]], title: str = "Results") -> str:
     lines = [f"## {title}", ""]
     for members in sections(rows).values():
         lines += section_markdown(members)
+    options = [name for name in option_columns(rows) if name in differing(rows)]
     lines += ["### All rows", ""]
-    lines += markdown_table(list(MARKDOWN_COLUMNS.values()), [long_row(row) for row in rows])
+    header = [*MARKDOWN_COLUMNS.values(), *options]
+    lines += markdown_table(header, [long_row(row, options) for row in rows])
     return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """The aggregated rows as CSV (empty std for a single seed), written atomically."""
+    """The aggregated rows as CSV (empty std for a single seed; an option a row does not record is
+    empty), written atomically."""
+    columns = [*SUMMARY_COLUMNS, *option_columns(rows)]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=SUMMARY_COLUMNS)
+        writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: "" if row[key] is None else row[key] for key in SUMMARY_COLUMNS})
+            writer.writerow({key: "" if row.get(key) is None else row[key] for key in columns})
 
 
 def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Top-1 vs bit setting, one panel per section, one colour per data source: a solid line through
-    its calibrated (PTQ) columns, a dashed one through its fine-tuned (QAT) columns, as PNG. The y axis
-    spans the data (not 0-100), so that sub-point gaps between sources stay visible."""
+    its calibrated (PTQ) columns, a dashed one through the columns of each later recipe (QAT), as
+    PNG. The y axis spans the data (not 0-100), so that sub-point gaps between sources stay visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -482,11 +577,12 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         labels, columns, cells = pivot(members)
         for index, label in enumerate(labels):
             legend = label  # one legend entry per data source, on its first line
-            for mode, style in enumerate(("-", "--")):
+            for steps in sorted({key[1] for key in columns}, key=steps_rank):
+                style = "-" if steps == CALIBRATION_ONLY else "--"
                 points = [
                     (x, cells[label, key])
                     for x, key in enumerate(columns)
-                    if key[0] == mode and (label, key) in cells
+                    if key[1] == steps and (label, key) in cells
                 ]
                 if not points:
                     continue
@@ -505,7 +601,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         axis.set_xticks(range(len(columns)), [column_name(key) for key in columns], rotation=30)
         axis.set_xlim(-0.5, len(columns) - 0.5)
         axis.set_ylabel("test top-1 %")
-        axis.set_xlabel("solid: calibrated only (PTQ); dashed: fine-tuned (QAT)")
+        axis.set_xlabel("solid: calibrated only (PTQ); dashed: later steps (QAT, ...)")
         axis.set_title(f"{members[0]['experiment']}: {members[0]['model']}")
         axis.legend(fontsize="small")
     figure.tight_layout()

@@ -28,7 +28,8 @@ from dfq.config import compose_config, validate
 from dfq.distill.distill import distill
 from dfq.errors import UserError
 from dfq.evaluate import top1
-from dfq.pipeline import compress, load_teacher, make_samples, sample_path
+from dfq.pipeline import compress, load_teacher, sample_path
+from dfq.samples import make_samples
 
 PTQ_BITS = ((8, 8), (6, 6), (4, 8), (4, 4))
 CLIP = 1.0  # finetune.grad_clip of the clipped QAT (docs/RESULTS.md, "QAT with gradient clipping")

@@ -21,11 +21,11 @@ import torch
 from torch.utils.data import Subset
 
 from dfq.config import compose_config, validate
+from dfq.data.sample_set import SampleSet
 from dfq.errors import UserError
 from dfq.evaluate import top1
 from dfq.pipeline import compress, load_teacher
 from dfq.quant.prepare import quantizers
-from dfq.synthesis.store import SampleSet
 
 
 def recipe_label(samples: SampleSet) -> str:

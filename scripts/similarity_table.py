@@ -27,13 +27,14 @@ import torch
 from omegaconf import DictConfig
 
 from dfq.config import compose_config, validate
+from dfq.data.sample_set import SampleSet
 from dfq.evaluate import top1
 from dfq.io import save_json
 from dfq.models.load import ModelEntry
-from dfq.pipeline import compress, limit, load_teacher, make_samples
+from dfq.pipeline import compress, limit, load_teacher
 from dfq.record import save_grid
+from dfq.samples import make_samples
 from dfq.similarity import batchnorm_similarity
-from dfq.synthesis.store import SampleSet
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATORS = ["gaussian", "inception", "bn_stats", "bn_stats_inception", "zeroq", "deepinversion"]

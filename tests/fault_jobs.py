@@ -17,8 +17,8 @@ from dfq.distill.module import FinetuneConfig  # noqa: E402
 from dfq.quant.calibrate import calibrate  # noqa: E402
 from dfq.quant.policy import QuantPolicy  # noqa: E402
 from dfq.quant.prepare import quantize  # noqa: E402
+from dfq.synthesis.batches import synthesize  # noqa: E402
 from dfq.synthesis.generators import GeneratorConfig  # noqa: E402
-from dfq.synthesize import synthesize  # noqa: E402
 
 TRAINER = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from dfq.data.sample_set import SampleSet
 from dfq.distributed import World, is_distributed, single_device
 from dfq.errors import UserError
+from dfq.synthesis.batches import synthesize
 from dfq.synthesis.generators import GeneratorConfig
-from dfq.synthesis.store import SampleSet
-from dfq.synthesize import synthesize
 from tests.test_cli import TINY
 
 DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]

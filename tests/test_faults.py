@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from dfq.data.sample_set import SampleSet
 from dfq.distill.distill import distill
 from dfq.distill.module import FinetuneConfig
 from dfq.faults import AtomicCheckpointIO, NonFiniteLossError
 from dfq.quant.calibrate import calibrate
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.prepare import quantize
+from dfq.synthesis.batches import synthesize
 from dfq.synthesis.generators import GeneratorConfig
-from dfq.synthesis.store import SampleSet
-from dfq.synthesize import synthesize
 
 JOBS = Path(__file__).parent / "fault_jobs.py"
 TRAINER = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}

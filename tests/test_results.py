@@ -23,6 +23,9 @@ from dfq.results import (
 )
 from tests.conftest import load_script
 
+CALIBRATION = {"num_samples": None, "batch_size": 128, "fold_bn": False, "bn_reestimate": False,
+               "bias_correction": False}  # fmt: skip
+
 
 def fake_run(
     run_dir: Path,
@@ -35,11 +38,22 @@ def fake_run(
     compare: dict[str, float] | None = None,
     pad_crop: int | None = None,
     grad_clip: float | None = None,
+    records: bool = True,
+    distill_options: dict | None = None,
 ) -> Path:
-    """A run directory as dfq.record writes it: metrics.json and the resolved config.yaml."""
+    """A run directory as dfq.record writes it: metrics.json (with step records, unless `records` is
+    False: a run from before them) and the resolved config.yaml."""
     iterations = {"real": 0, "gaussian": 0}.get(generator, 500)
-    sources = {generator: {"ptq_top1": ptq} | ({"qat_top1": qat} if qat is not None else {})}
-    sources |= {name: {"ptq_top1": value} for name, value in (compare or {}).items()}
+    tuning = {"epochs": 30, "lr": 0.005, "grad_clip": grad_clip} | (distill_options or {})
+
+    def source(ptq: float, qat: float | None) -> dict:
+        steps = [{"name": "calibrate", "options": CALIBRATION, "top1": ptq, "wall_time_s": 1.0}]
+        steps += [{"name": "distill", "options": tuning, "top1": qat, "wall_time_s": 9.0}] if qat else []
+        accuracy = {"ptq_top1": ptq} | ({"qat_top1": qat} if qat is not None else {})
+        return accuracy | ({"steps": steps} if records else {})
+
+    sources = {generator: source(ptq, qat)}
+    sources |= {name: source(value, None) for name, value in (compare or {}).items()}
     metrics = {
         "model": "resnet20",
         "generator": generator,
@@ -119,17 +133,18 @@ def sweep(tmp_path) -> Path:
 def test_aggregates_over_seeds_only(sweep):
     rows = aggregate(collect([sweep]))
     assert len(rows) == 4
-    assert [(r["data_source"], r["w_bits"], r["mode"]) for r in rows] == [
-        ("real", 8, "calibrated"),
-        ("real", 4, "fine-tuned"),
-        ("bn_stats", 8, "calibrated"),
-        ("bn_stats", 4, "fine-tuned"),
+    assert [(r["data_source"], r["w_bits"], r["steps"]) for r in rows] == [
+        ("real", 8, "calibrate"),
+        ("real", 4, "calibrate+distill"),
+        ("bn_stats", 8, "calibrate"),
+        ("bn_stats", 4, "calibrate+distill"),
     ]
     real_w8 = rows[0]
     assert real_w8["seeds"] == 2 and real_w8["top1_mean"] == pytest.approx(91.0)
     assert real_w8["top1_std"] == pytest.approx(2**0.5)  # sample std of 90 and 92
     assert rows[1]["top1_mean"] == pytest.approx(87.0) and rows[1]["ptq_top1_mean"] == pytest.approx(80.0)
-    assert rows[1]["epochs"] == 30 and rows[0]["epochs"] == 0
+    assert rows[1]["distill.epochs"] == "30" and "distill.epochs" not in rows[0]  # from the step records
+    assert rows[0]["calibrate.batch_size"] == "128"
     assert rows[2]["top1_std"] == 0.0 and rows[2]["iterations"] == 500 and rows[0]["iterations"] == 0
     assert real_w8["wall_time_s"] == pytest.approx(10.5)
     assert real_w8["observer"] == "w:minmax a:percentile(99.99)"
@@ -166,8 +181,43 @@ def test_clipped_fine_tuning_is_its_own_row(tmp_path):
     fake_run(tmp_path / "a", "inception", (4, 4), 0, 86.0, qat=10.0)
     fake_run(tmp_path / "b", "inception", (4, 4), 0, 86.0, qat=87.0, grad_clip=1.0)
     rows = aggregate(collect([tmp_path]))
-    assert [(r["grad_clip"], r["top1_mean"]) for r in rows] == [("none", 10.0), ("1.0", 87.0)]
-    assert "| inception (grad clip 1.0) |" in to_markdown(rows)
+    assert [(r["distill.grad_clip"], r["top1_mean"]) for r in rows] == [("None", 10.0), ("1.0", 87.0)]
+    assert "| inception (distill.grad_clip 1.0) |" in to_markdown(rows)
+
+
+def test_a_new_step_option_is_its_own_column_and_never_averaged_with_runs_that_lack_it(tmp_path):
+    fake_run(tmp_path / "a", "bn_stats", (4, 4), 0, 86.0, qat=88.0)  # a run from before the option
+    fake_run(tmp_path / "b", "bn_stats", (4, 4), 1, 86.0, qat=89.0, distill_options={"sharpness": 0.5})
+    rows = aggregate(collect([tmp_path]))
+    tuned = [(r.get("distill.sharpness"), r["seed_list"]) for r in rows if r["steps"] != "calibrate"]
+    assert tuned == [(None, "0"), ("0.5", "1")]
+    path = write_report([tmp_path], tmp_path / "t")["csv"]
+    with path.open(newline="") as file:
+        header = next(csv.reader(file))
+    assert "distill.sharpness" in header and "distill.lr" in header
+    assert len(read_table(path)) == 2  # read back as two protocols
+
+
+def test_runs_and_tables_from_before_step_records_read_as_the_same_protocol(tmp_path):
+    fake_run(tmp_path / "old" / "0", "real", (4, 4), 0, 80.0, qat=85.0, grad_clip=1.0, records=False)
+    (old,) = aggregate(collect([tmp_path / "old"]))
+    assert old["steps"] == "calibrate+distill" and old["options"] == (
+        ("calibrate.bias_correction", "False"),
+        ("calibrate.bn_reestimate", "False"),
+        ("calibrate.fold_bn", "False"),
+        ("distill.epochs", "30"),
+        ("distill.grad_clip", "1.0"),
+    )
+    legacy = tmp_path / "legacy.csv"  # the same row as a table written before step records
+    columns = {**{k: old[k] for k in old if k in SUMMARY_COLUMNS and k != "steps"}, "seed_list": "0"}
+    columns |= {"calibration": "plain", "mode": "fine-tuned", "epochs": "30", "grad_clip": "1.0"}
+    with legacy.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerow(columns)
+    fake_run(tmp_path / "more" / "1", "real", (4, 4), 1, 80.0, qat=87.0, grad_clip=1.0, records=False)
+    (row,) = aggregate(collect([tmp_path / "more"]), [read_table(legacy)])
+    assert row["seed_list"] == "0 1" and row["top1_mean"] == pytest.approx(86.0)
 
 
 def test_a_table_written_before_the_crop_column_still_extends(tmp_path):
@@ -189,7 +239,7 @@ def test_compare_sources_of_one_run_become_rows(tmp_path):
     rows = aggregate(collect([tmp_path]))
     assert [r["data_source"] for r in rows] == ["real", "gaussian", "bn_stats"]
     assert [r["iterations"] for r in rows] == [0, 0, 500]
-    assert "calibration only (no QAT)" in to_markdown(rows)
+    assert "; steps calibrate (calibrate.batch_size=128, " in to_markdown(rows)
 
 
 def test_markdown_table_rows_and_columns(sweep):
@@ -200,9 +250,18 @@ def test_markdown_table_rows_and_columns(sweep):
     assert lines[header + 2] == "| real | 91.00 ± 1.41 | 80.00 ± 0.00 | 87.00 ± 1.41 |"
     assert lines[header + 3] == "| bn_stats | 91.00 ± 0.00 | 80.00 ± 0.00 | 86.00 ± 1.41 |"
     assert "### table: resnet20 (FP top-1 91.50 %)" in text
-    assert "mean ± std over seeds (seeds per row: 2)" in text and "QAT epochs 30" in text
+    assert "mean ± std over seeds (seeds per row: 2)" in text and "distill.epochs=30" in text
+    assert "steps calibrate / calibrate+distill" in text
     long_header = next(line for line in lines if line.startswith("| model | FP top-1 |"))
-    for column in ("first/last bits", "granularity", "symmetry", "observer", "mode", "samples", "iterations"):
+    for column in (
+        "first/last bits",
+        "granularity",
+        "symmetry",
+        "observer",
+        "steps",
+        "samples",
+        "iterations",
+    ):
         assert f"| {column} |" in long_header
     assert "| seeds | top-1 % | wall time (s) |" in long_header
 
@@ -212,7 +271,10 @@ def test_report_files(sweep, tmp_path):
     assert {p.name for p in paths.values()} == {"table.csv", "table.md", "table.png"}
     with paths["csv"].open() as file:
         rows = list(csv.DictReader(file))
-    assert tuple(rows[0]) == SUMMARY_COLUMNS and len(rows) == 4
+    assert tuple(rows[0])[: len(SUMMARY_COLUMNS)] == SUMMARY_COLUMNS and len(rows) == 4
+    assert tuple(rows[0])[len(SUMMARY_COLUMNS) :] == ("calibrate.batch_size", "calibrate.bias_correction",
+        "calibrate.bn_reestimate", "calibrate.fold_bn", "calibrate.num_samples", "distill.epochs",
+        "distill.grad_clip", "distill.lr")  # fmt: skip
     assert rows[0]["data_source"] == "real" and float(rows[0]["top1_mean"]) == pytest.approx(91.0)
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 10_000
     assert not list((tmp_path / "out").glob(".*tmp"))  # written atomically, nothing left over

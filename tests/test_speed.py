@@ -12,8 +12,8 @@ from torch.utils.checkpoint import checkpoint
 from dfq.distill.distill import distill
 from dfq.distill.module import FinetuneConfig
 from dfq.speed import SpeedConfig, checkpoint_blocks, enable_checkpointing
+from dfq.synthesis.batches import synthesize
 from dfq.synthesis.generators import GeneratorConfig
-from dfq.synthesize import synthesize
 from tests.conftest import make_tiny_entry
 
 RECIPE = GeneratorConfig(num_samples=10, batch_size=4, iterations=6, lr=0.1, log_every=0)

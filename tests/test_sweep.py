@@ -108,19 +108,20 @@ def test_miniature_table_sweep_end_to_end(tmp_path, cli_env):
 
     with (tmp_path / "table.csv").open() as file:
         rows = list(csv.DictReader(file))
-    cells = {(r["data_source"], f"W{r['w_bits']}A{r['a_bits']} {r['mode']}"): r for r in rows}
+    cells = {(r["data_source"], f"W{r['w_bits']}A{r['a_bits']} {r['steps']}"): r for r in rows}
     assert sorted(cells) == sorted(
-        (g, s) for g in ("real", "bn_stats") for s in ("W8A8 calibrated", "W4A4 fine-tuned")
+        (g, s) for g in ("real", "bn_stats") for s in ("W8A8 calibrate", "W4A4 calibrate+distill")
     )
     for row in rows:
         assert row["experiment"] == "digits_table" and row["model"] == "digits_cnn" and row["seeds"] == "2"
         assert row["num_samples"] == "32" and row["test_samples"] == "150" and float(row["fp_top1"]) > 90
     assert (
-        cells["bn_stats", "W8A8 calibrated"]["iterations"] == "5"
-        and cells["real", "W8A8 calibrated"]["iterations"] == "0"
+        cells["bn_stats", "W8A8 calibrate"]["iterations"] == "5"
+        and cells["real", "W8A8 calibrate"]["iterations"] == "0"
     )
-    assert cells["real", "W4A4 fine-tuned"]["epochs"] == "2"
-    assert float(cells["real", "W8A8 calibrated"]["top1_mean"]) > 85  # 8-bit calibration on real digits
+    assert cells["real", "W4A4 calibrate+distill"]["distill.epochs"] == "2"  # from the step records
+    assert cells["real", "W8A8 calibrate"]["distill.epochs"] == ""  # no distillation step ran
+    assert float(cells["real", "W8A8 calibrate"]["top1_mean"]) > 85  # 8-bit calibration on real digits
 
     lines = (tmp_path / "table.md").read_text().splitlines()
     header = lines.index("| data source | W8A8 PTQ | W4A4 PTQ | W4A4 QAT |")

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
+from dfq.data.sample_set import SampleSet, SampleSetError
 from dfq.data.source import DataSource
 from dfq.models.normalization import Normalization
-from dfq.synthesis.store import SampleSet, SampleSetError
 
 UNLABELLED = -1  # the label given to samples of a set saved without labels
 

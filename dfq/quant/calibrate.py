@@ -7,6 +7,8 @@ quantization error (Nagel et al., ICCV 2019).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -15,6 +17,22 @@ from dfq.progress import Progress
 from dfq.quant.bias_correction import correct_bias
 from dfq.quant.bn import reestimate_batchnorm
 from dfq.quant.prepare import quantizers
+from dfq.ranges import check_ranges, ranged
+
+
+@dataclass
+class CalibrateConfig:
+    """Post-training calibration: how many samples the observers see, in which batch size, and the
+    optional corrections (BN folding into a copy, BN re-estimation, bias correction)."""
+
+    num_samples: int | None = ranged(None, 1)  # None: every sample the generator made
+    batch_size: int = ranged(128, 1)
+    fold_bn: bool = False  # fold BN into the preceding conv before quantizing (and before QAT)
+    bn_reestimate: bool = False  # recompute the student's BN statistics on the samples
+    bias_correction: bool = False  # subtract the weights' expected quantization error (Nagel et al. 2019)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "calibrate")
 
 
 @torch.no_grad()

@@ -78,7 +78,10 @@ class Quantizer(nn.Module):
     """Fake-quantizes a tensor. Modes: pass-through while observing, then quantize with fixed ranges.
 
     `batched`: the first dimension is the batch (activations), so LSQ's gradient scale counts the
-    features of one sample, as in the paper; weights count all their values.
+    features of one sample, as in the paper; weights count all their values. Two more pieces, off by
+    default, are set by block reconstruction (dfq.quant.reconstruct): `rounding`, a learned rounding
+    of a fixed weight (dfq.quant.rounding.AdaRound) in place of nearest rounding, and
+    `drop_probability`, QDrop's chance that an element passes unquantized.
     """
 
     def __init__(self, spec: QuantSpec, channel_axis: int = 0, batched: bool = False) -> None:
@@ -88,6 +91,8 @@ class Quantizer(nn.Module):
         self.channel_axis = channel_axis if spec.granularity == "per_channel" else None
         self.observer = make_observer(spec.observer, self.channel_axis, spec.grid, **spec.observer_options)
         self.observing = False
+        self.rounding: nn.Module | None = None
+        self.drop_probability = 0.0
         self.qmin, self.qmax = 0, 0
         self.register_buffer("scale", None)
         self.register_buffer("zero_point", None)
@@ -133,6 +138,13 @@ class Quantizer(nn.Module):
         return self.scale.detach(), self.zero_point.detach(), self.qmin, self.qmax
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quantized = self.quantize(x)
+        if self.drop_probability > 0 and quantized is not x:
+            return torch.where(torch.rand_like(x) < self.drop_probability, x, quantized)
+        return quantized
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` fake-quantized (or `x` itself while observing or when the spec is off)."""
         if not self.spec.enabled:
             return x
         if self.observing:
@@ -146,6 +158,8 @@ class Quantizer(nn.Module):
             raise RuntimeError("quantizer used before calibration: call dfq.quant.calibrate first")
         if self.spec.learnable_clip:
             return self._clipped(x)
+        if self.rounding is not None:
+            return self._rounded(x)
         scale = self.scale
         if not isinstance(scale, nn.Parameter):
             zero_point = self.broadcast(self.zero_point, x)
@@ -159,6 +173,15 @@ class Quantizer(nn.Module):
         return fake_quantize(
             x, self.broadcast(scale, x), self.broadcast(self.zero_point, x), self.qmin, self.qmax
         )
+
+    def _rounded(self, x: torch.Tensor) -> torch.Tensor:
+        """The learned rounding's codes (of the weight it was made for), clamped to the integer range
+        and mapped back; gradients reach its variables, and a trained scale."""
+        zero_point = self.broadcast(self.zero_point, x)
+        fraction = zero_point - torch.round(zero_point)
+        whole = zero_point - fraction
+        codes = torch.clamp(self.rounding.codes(), self.qmin - whole, self.qmax - whole)
+        return (codes - fraction) * self.broadcast(self.scale, x)
 
     def _clipped(self, x: torch.Tensor) -> torch.Tensor:
         """PACT's estimator: clip to the learned [low, high], round straight through.

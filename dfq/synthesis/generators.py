@@ -18,9 +18,6 @@ from dfq.errors import UserError
 from dfq.ranges import SEED_MAX, check_ranges, ranged
 from dfq.synthesis.losses import BN_LOSSES, LOSS_NAMES, PER_SAMPLE_BN_LOSSES
 
-# Where a data source's samples come from; `dfq.pipeline.SAMPLE_SOURCES` maps each name to its loader.
-SOURCES = ("synthesis", "real", "saved")
-
 
 class GeneratorError(UserError):
     """A recipe does not fit the model it is used with (channels, classes)."""
@@ -152,7 +149,6 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         check_ranges(self, "generator")
         checks = {
-            "source": (self.source in SOURCES, f"one of {list(SOURCES)}"),
             "optimizer": (self.optimizer in OPTIMIZERS, f"one of {sorted(OPTIMIZERS)}"),
             "schedule": (self.schedule in SCHEDULES, f"one of {sorted(SCHEDULES)}"),
             "labels": (self.labels in LABELS, f"one of {sorted(LABELS)}"),

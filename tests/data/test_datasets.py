@@ -16,7 +16,7 @@ from dfq.data.folders import ImageFolderDataset
 from dfq.data.npz import NpzDataset, read_npz
 from dfq.data.source import DataError, DataNotFoundError
 from dfq.models.normalization import Normalization
-from dfq.pipeline import draw_real
+from dfq.samples import draw_real
 from dfq.synthesis.generators import GeneratorConfig
 
 RGB32 = Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), image_size=32, num_classes=10)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from dfq.evaluate import main as evaluate_main
 from dfq.evaluate import top1
+from dfq.evaluate.cli import main as evaluate_main
 from dfq.models.cifar_resnet import cifar_resnet
 from dfq.quant.bn import fold_batchnorm
 from dfq.quant.calibrate import calibrate

@@ -18,10 +18,10 @@ from torch import nn
 from dfq.config import ConfigError, register_configs, validate
 from dfq.models.load import ModelEntry, freeze
 from dfq.record import log_sample_grid
+from dfq.synthesis.batches import synthesize
 from dfq.synthesis.bn_stats import NoBatchNormError
 from dfq.synthesis.generators import GeneratorConfig, GeneratorError
 from dfq.synthesis.module import SynthesisModule, initial_inputs
-from dfq.synthesize import synthesize
 
 register_configs()
 OPTIMIZED = ["inception", "inception_uncapped", "bn_stats", "bn_stats_inception", "zeroq", "deepinversion"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dfq.config import CalibrateConfig
+from dfq.data.sample_set import SampleSet
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.quantizer import QuantSpec
-from dfq.synthesis.store import SampleSet
 from tests.conftest import load_script
 
 

@@ -68,7 +68,7 @@ def test_real_data_scores_below_gaussian_noise_for_a_trained_network(digits_teac
 
 @pytest.mark.slow
 def test_command_line_scores_a_saved_set(tmp_path: Path):
-    from dfq.synthesis.store import SampleSet
+    from dfq.data.sample_set import SampleSet
 
     cache = tmp_path / "cache"
     env = {**os.environ, "DFQ_CACHE": str(cache), "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,5 @@
-"""Top-1 accuracy of a model on a labelled split, and a CLI that evaluates exported quantized checkpoints."""
+"""Top-1 accuracy of a model on a labelled split, and of an exported quantized checkpoint (library; the
+command line `python -m dfq.evaluate` lives in `dfq.evaluate.cli`)."""
 
 from __future__ import annotations
 
@@ -60,40 +61,3 @@ def evaluate_export(
     if max_samples:
         test = Subset(test, range(min(max_samples, len(test))))
     return top1(network, test, batch_size), len(test)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m dfq.evaluate --checkpoint run/quantized/real.pt --model resnet20 --dataset cifar10_npz`."""
-    import argparse
-    import json
-    import sys
-
-    from dfq.errors import UserError
-    from dfq.quant.export import encodings_path
-
-    parser = argparse.ArgumentParser(description="Test accuracy of an exported quantized checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="the .pt file written by export_quantized")
-    parser.add_argument("--model", help="model config option (default: the name stored in the export)")
-    parser.add_argument("--dataset", help="dataset config option (default: the one stored in the export)")
-    parser.add_argument("--max-samples", type=int, default=None, help="first N test images (default: all)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. paths.shared_dir=/data")
-    args = parser.parse_args(argv)
-    try:
-        stored = {}
-        if encodings_path(args.checkpoint).is_file():
-            stored = json.loads(encodings_path(args.checkpoint).read_text())
-        model, dataset = args.model or stored.get("model"), args.dataset or stored.get("dataset")
-        if not model or not dataset:
-            raise UserError("the export names no model/dataset: pass --model and --dataset (config options)")
-        accuracy, count = evaluate_export(
-            args.checkpoint, model, dataset, args.overrides, args.max_samples, args.batch_size
-        )
-    except UserError as error:
-        print(f"dfq.evaluate: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(f"top-1 {accuracy:.2f} % on {count} test images ({model}, {dataset}, {args.checkpoint})")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""dfq.synthesize: resumable batch-by-batch runs, saved-set reuse in the pipeline, and the command line."""
+"""Resumable batch-by-batch synthesis (dfq.synthesis.batches), saved-set reuse, and `dfq.synthesize`."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import dfq.synthesize as synthesize_module
-from dfq.pipeline import SAMPLE_SOURCES, make_samples
-from dfq.synthesis.generators import SOURCES, GeneratorConfig
-from dfq.synthesis.store import SampleSet, SampleSetError
-from dfq.synthesize import synthesize
+import dfq.synthesis.batches as synthesize_module
+from dfq.config import RunConfig
+from dfq.data.sample_set import SampleSet, SampleSetError
+from dfq.errors import UserError
+from dfq.samples import SAMPLE_SOURCES, make_samples
+from dfq.synthesis.batches import synthesize
+from dfq.synthesis.generators import GeneratorConfig
 
 RECIPE = {
     "name": "bn_stats_inception",
@@ -80,8 +82,14 @@ def test_metadata_records_how_the_set_was_made(tiny_entry, tmp_path: Path):
     assert "git_revision" in meta
 
 
-def test_every_source_name_has_a_loader():
-    assert set(SAMPLE_SOURCES) == set(SOURCES)
+def test_an_unknown_source_is_one_error_naming_the_key_and_the_valid_sources(tiny_entry):
+    recipe = GeneratorConfig(name="x", source="imagined", num_samples=4, losses={})
+    with pytest.raises(UserError, match=r"generator.source='imagined' is not a sample source; valid: "):
+        make_samples(tiny_entry, recipe, None)
+    for name in SAMPLE_SOURCES:  # every name the registry holds is accepted by the run's schema
+        RunConfig(generator=GeneratorConfig(name="x", source=name, losses={}))
+    with pytest.raises(ValueError, match=r"compare.noise.source='imagined'"):
+        RunConfig(compare={"noise": recipe})
 
 
 def test_saved_source_reuses_a_file_and_refuses_another_models(tiny_entry, tmp_path: Path):

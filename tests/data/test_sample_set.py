@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dfq.data.sample_set import SampleSet, SampleSetError
 from dfq.data.synthetic import SyntheticDataset, read_samples
 from dfq.models.normalization import Normalization
-from dfq.synthesis.store import SampleSet, SampleSetError
 
 NORM = Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), image_size=8, num_classes=4)
 

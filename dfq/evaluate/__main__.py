@@ -1,0 +1,5 @@
+"""`python -m dfq.evaluate`: see `dfq.evaluate.cli`."""
+
+from dfq.evaluate.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""Benchmark: seconds per reconstruction iteration, unit by unit, and the whole reconstruction's
+wall time, for a model at its resolution (random weights and random samples: only the time counts).
+
+    OMP_NUM_THREADS=1 python scripts/bench_reconstruct.py --model resnet20 --recipe genie \
+        --iterations 50 --out docs/perf/reconstruct_resnet20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_synthesis import MODELS  # noqa: E402
+
+from dfq.benchmark import machine  # noqa: E402
+from dfq.config import compose_config, validate  # noqa: E402
+from dfq.io import save_json  # noqa: E402
+from dfq.quant.calibrate import calibrate  # noqa: E402
+from dfq.quant.prepare import quantize  # noqa: E402
+from dfq.quant.reconstruct import reconstruct  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet20", choices=sorted(MODELS))
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--recipe", default="genie", help="a conf/reconstruct option")
+    parser.add_argument("--quant", default="strict", help="a conf/quant option")
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--iterations", type=int, default=50, help="per unit (the timing's sample)")
+    parser.add_argument("--out", type=Path, help="write <out>.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = MODELS[args.model][0]().eval()
+    x = torch.randn(args.samples, 3, args.resolution, args.resolution)
+    overrides = [
+        f"reconstruct={args.recipe}",
+        f"quant={args.quant}",
+        f"reconstruct.iterations={args.iterations}",
+    ]
+    config = validate(compose_config([*overrides, "logger=none", "model=resnet20"], "outputs/bench"))
+    student = calibrate(quantize(model, config.quant, x[:2]), x)
+    start = time.perf_counter()
+    _, units = reconstruct(student, model, x, config.reconstruct)
+    total = time.perf_counter() - start
+    per_iteration = sum(unit["seconds"] for unit in units) / (len(units) * args.iterations)
+    result = {
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(torch.device("cpu")),
+        "model": args.model,
+        "recipe": args.recipe,
+        "quant": args.quant,
+        "samples": args.samples,
+        "iterations": args.iterations,
+        "units": [{"unit": u["unit"], "s_per_iteration": u["seconds"] / args.iterations} for u in units],
+        "mean_s_per_iteration": per_iteration,
+        "wall_s": total,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "units"}, indent=1))
+    for unit in result["units"]:
+        print(f"{unit['unit']:<12} {unit['s_per_iteration'] * 1000:8.1f} ms/iteration")
+    if args.out:
+        save_json(result, args.out.with_suffix(".json"))
+
+
+if __name__ == "__main__":
+    main()
