@@ -63,18 +63,13 @@ def judge(overrides: list[str], heldout_range: range, qat: bool = True) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="dfq config overrides (experiment, generator, seed)")
-    parser.add_argument("--heldout", default="5000:10000", help="start:stop of the training images")
-    parser.add_argument("--no-qat", action="store_true", help="calibration only")
-    parser.add_argument("--out", type=Path, help="append the row to this JSON-lines file")
-    args = parser.parse_args(argv)
+def report(script: str, judge_row, args: argparse.Namespace) -> int:
+    """Judge on the held-out range `args.heldout`, print the row, append it to `args.out`; the exit status."""
     start, stop = (int(v) for v in args.heldout.split(":"))
     try:
-        row = judge(args.overrides, range(start, stop), qat=not args.no_qat)
+        row = judge_row(args.overrides, range(start, stop))
     except (UserError, ValueError, OSError) as error:
-        print(f"heldout_recipe: error: {error}", file=sys.stderr)
+        print(f"{script}: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(row), flush=True)
     if args.out:
@@ -82,6 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         with args.out.open("a") as out:
             out.write(json.dumps(row) + "\n")
     return 0
+
+
+def parser_for(doc: str) -> argparse.ArgumentParser:
+    """The held-out scripts' shared command line: overrides, the held-out range, the JSON-lines file."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="dfq config overrides (experiment, generator, seed)")
+    parser.add_argument("--heldout", default="5000:10000", help="start:stop of the training images")
+    parser.add_argument("--out", type=Path, help="append the row to this JSON-lines file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = parser_for(__doc__)
+    parser.add_argument("--no-qat", action="store_true", help="calibration only")
+    args = parser.parse_args(argv)
+    return report("heldout_recipe", lambda overrides, images: judge(overrides, images, not args.no_qat), args)
 
 
 if __name__ == "__main__":

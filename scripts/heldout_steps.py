@@ -1,5 +1,6 @@
-"""A run's student steps judged on held-out training images (never the test split): how reconstruction
-and fine-tuning recipes are chosen before any test-split run.
+"""A run's student steps, each judged on held-out training images (never the test split).
+
+How reconstruction and fine-tuning recipes are chosen before any test-split run:
 
     OMP_NUM_THREADS=1 python scripts/heldout_steps.py experiment=cifar10_resnet20 generator.num_samples=1024 \
         quant=genie bits=w4a4_ptq reconstruct=genie --out outputs/heldout/reconstruct.jsonl
@@ -11,8 +12,6 @@ record (options, held-out top-1, wall time).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,10 +19,12 @@ from pathlib import Path
 import hydra
 from torch.utils.data import Subset
 
-from dfq.config import compose_config, validate
-from dfq.errors import UserError
-from dfq.pipeline import evaluate_source, load_teacher, sample_path
-from dfq.samples import make_samples
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heldout_recipe import parser_for, report  # noqa: E402
+
+from dfq.config import compose_config, validate  # noqa: E402
+from dfq.pipeline import evaluate_source, load_teacher, sample_path  # noqa: E402
+from dfq.samples import make_samples  # noqa: E402
 
 OPTIONS = {"logger": False, "enable_progress_bar": False, "accelerator": "cpu", "devices": 1}
 
@@ -45,23 +46,7 @@ def judge(overrides: list[str], heldout: range) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="dfq config overrides")
-    parser.add_argument("--heldout", default="5000:10000", help="start:stop of the training images")
-    parser.add_argument("--out", type=Path, help="append the row to this JSON-lines file")
-    args = parser.parse_args(argv)
-    start, stop = (int(v) for v in args.heldout.split(":"))
-    try:
-        row = judge(args.overrides, range(start, stop))
-    except (UserError, ValueError, OSError) as error:
-        print(f"heldout_steps: error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(row), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as out:
-            out.write(json.dumps(row) + "\n")
-    return 0
+    return report("heldout_steps", judge, parser_for(__doc__).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfq.quant.fake_quant import IntegerGrid, fake_quantize, fake_quantize_fixed, scale_gradient
+from dfq.quant.fake_quant import (
+    IntegerGrid,
+    fake_quantize,
+    fake_quantize_fixed,
+    fake_quantize_learned,
+    scale_gradient,
+)
 from dfq.quant.observers import OBSERVERS, known_options, make_observer
 from dfq.ranges import Range, check_ranges, ranged
 
@@ -170,7 +176,7 @@ class Quantizer(nn.Module):
         features = x.numel() // (x.shape[0] if self.batched else 1)
         per_scale = max(1, features // scale.numel())
         scale = scale_gradient(scale, 1.0 / math.sqrt(per_scale * max(self.qmax, 1)))
-        return fake_quantize(
+        return fake_quantize_learned(
             x, self.broadcast(scale, x), self.broadcast(self.zero_point, x), self.qmin, self.qmax
         )
 

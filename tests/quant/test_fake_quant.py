@@ -11,6 +11,7 @@ from dfq.quant.fake_quant import (
     IntegerGrid,
     fake_quantize,
     fake_quantize_fixed,
+    fake_quantize_learned,
     integer_range,
     quantize_to_int,
     round_ste,
@@ -118,3 +119,22 @@ def test_fused_fixed_fake_quantize_matches_the_autograd_one_in_value_and_gradien
     assert torch.equal(fused, expected)
     assert torch.equal(grad, expected_grad)
     assert 0 < grad.sum() < grad.numel()  # some values were clipped (no gradient), most were not
+
+
+@pytest.mark.parametrize(
+    ("scale_shape", "zero_point"),
+    [((), torch.tensor(3.0)), ((), torch.tensor(2.4)), ((1, 4, 1, 1), torch.tensor([1.0, 2.0, 3.0, 0.4]))],
+)
+def test_fused_learned_step_matches_the_autograd_lsq_estimator(scale_shape, zero_point):
+    torch.manual_seed(0)
+    zero_point = zero_point.reshape(scale_shape)
+    x = (torch.randn(8, 4, 5, 5) * 3).requires_grad_()
+    scale = (torch.rand(scale_shape) * 0.5 + 0.2).requires_grad_()
+    weights = torch.randn(8, 4, 5, 5)
+    reference = fake_quantize(x, scale, zero_point, 0, 15)
+    fused = fake_quantize_learned(x, scale, zero_point, 0, 15)
+    assert torch.equal(reference, fused)
+    expected = torch.autograd.grad((reference * weights).sum(), (x, scale))
+    got = torch.autograd.grad((fused * weights).sum(), (x, scale))
+    assert torch.allclose(expected[0], got[0], atol=1e-6)  # the reference multiplies by s, then 1/s
+    assert got[1].shape == scale.shape and torch.allclose(expected[1], got[1], rtol=1e-4, atol=1e-3)

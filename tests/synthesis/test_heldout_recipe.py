@@ -1,4 +1,4 @@
-"""scripts/heldout_recipe.py: a recipe judged on held-out training images, PTQ then QAT."""
+"""scripts/heldout_recipe.py and heldout_steps.py: recipes judged on held-out training images."""
 
 from __future__ import annotations
 
@@ -34,3 +34,15 @@ def test_a_bad_override_is_one_line(tmp_path, capsys):
     assert script.main(["generator.lr=-1", "--no-qat"]) == 2
     error = "heldout_recipe: error: generator.lr=-1.0 is out of range; valid: > 0"
     assert capsys.readouterr().err.strip() == error
+
+
+def test_each_step_is_scored_on_the_held_out_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("DFQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    script = load_script("heldout_steps")
+    out = tmp_path / "rows.jsonl"
+    overrides = [*TINY, "reconstruct=adaround", "reconstruct.iterations=3"]
+    assert script.main([*overrides, "--heldout", "1000:1300", "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [step["name"] for step in row["steps"]] == ["calibrate", "reconstruct", "distill"]
+    assert row["steps"][0]["top1"] > 50.0 and row["steps"][1]["options"]["method"] == "adaround"
