@@ -87,7 +87,8 @@ class Quantizer(nn.Module):
     features of one sample, as in the paper; weights count all their values. Two more pieces, off by
     default, are set by block reconstruction (dfq.quant.reconstruct): `rounding`, a learned rounding
     of a fixed weight (dfq.quant.rounding.AdaRound) in place of nearest rounding, and
-    `drop_probability`, QDrop's chance that an element passes unquantized.
+    `drop_probability`, QDrop's chance that an element passes unquantized; it also trains step sizes
+    without LSQ's gradient scale (`step_gradient_scale`), as BRECQ's and GENIE's code do.
     """
 
     def __init__(self, spec: QuantSpec, channel_axis: int = 0, batched: bool = False) -> None:
@@ -99,6 +100,7 @@ class Quantizer(nn.Module):
         self.observing = False
         self.rounding: nn.Module | None = None
         self.drop_probability = 0.0
+        self.step_gradient_scale = True  # LSQ's 1/sqrt(N * qmax) on a trained step size's gradient
         self.qmin, self.qmax = 0, 0
         self.register_buffer("scale", None)
         self.register_buffer("zero_point", None)
@@ -173,9 +175,10 @@ class Quantizer(nn.Module):
             return fake_quantize_fixed(
                 x, self.broadcast(scale, x), zero_point, self.qmin, self.qmax, fractional
             )
-        features = x.numel() // (x.shape[0] if self.batched else 1)
-        per_scale = max(1, features // scale.numel())
-        scale = scale_gradient(scale, 1.0 / math.sqrt(per_scale * max(self.qmax, 1)))
+        if self.step_gradient_scale:
+            features = x.numel() // (x.shape[0] if self.batched else 1)
+            per_scale = max(1, features // scale.numel())
+            scale = scale_gradient(scale, 1.0 / math.sqrt(per_scale * max(self.qmax, 1)))
         return fake_quantize_learned(
             x, self.broadcast(scale, x), self.broadcast(self.zero_point, x), self.qmin, self.qmax
         )

@@ -161,8 +161,10 @@ def fix_weight_grid(layer: nn.Module, quantizer: Quantizer, observer: str) -> No
 
 
 def learn(quantizer: Quantizer) -> nn.Parameter:
-    """Make the quantizer's step size a trained parameter (LSQ's estimator in `Quantizer.forward`)."""
+    """Make the quantizer's step size a trained parameter (LSQ's estimator in `Quantizer.forward`),
+    its gradient unscaled, as in BRECQ's and GENIE's code (their learning rates assume it)."""
     quantizer.scale = nn.Parameter(quantizer.scale.detach().clone())
+    quantizer.step_gradient_scale = False
     return quantizer.scale
 
 
@@ -172,6 +174,7 @@ def fix(quantizer: Quantizer) -> None:
         value = quantizer.scale.detach().clamp_min(torch.finfo(torch.float32).eps).clone()
         del quantizer._parameters["scale"]
         quantizer.register_buffer("scale", value)
+    quantizer.step_gradient_scale = True
 
 
 @torch.no_grad()
