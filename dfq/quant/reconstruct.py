@@ -273,7 +273,7 @@ def train_unit(
         else None
     )
     count = len(data.inputs)
-    first = last = regularizer = torch.zeros(())
+    last = regularizer = torch.zeros(())
     with Progress(options.iterations, f"reconstruction {label}") as progress:
         for iteration in range(options.iterations):
             pick = torch.randint(count, (min(options.batch_size, count),))
@@ -298,12 +298,17 @@ def train_unit(
             if scale_opt:
                 scale_opt.step()
                 schedule.step()
-            first = error.detach() if iteration == 0 else first
             last = error.detach()
             regularizer = regularizer.detach()
             progress.update(loss=float(last), rounding=float(regularizer))
             check_stop(label)
-    return {"error_start": float(first), "error_end": float(last), "rounding_end": float(regularizer)}
+    return {"batch_error_end": float(last), "rounding_end": float(regularizer)}
+
+
+@torch.no_grad()
+def unit_error(unit: nn.Module, data: UnitData, count: int = 256) -> float:
+    """The unit's output error on its first `count` samples, from the student's own inputs (no drop)."""
+    return float(reconstruction_error(unit(data.inputs[:count]), data.targets[:count], None))
 
 
 STOP = {"requested": False}
@@ -402,18 +407,21 @@ def reconstruct_unit(
     index: int,
     label: str,
 ) -> dict[str, float]:
-    """Capture the unit's data, train its rounding (and step sizes), harden it; its errors before and
-    after and its wall time."""
+    """Capture the unit's data, train its rounding (and step sizes), harden it. Returns the unit's
+    output error as calibrated and as reconstructed (the same samples, nearest vs learned rounding),
+    the last batch's error and regularizer, and its wall time."""
     start = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(options.seed * 1_000_003 + index)  # the same draws whether resumed or not
         data = unit_data(student, reference, unit.name, x, options)
         module = student.get_submodule(unit.name)
+        calibrated = unit_error(module, data)
         state = prepare_unit(module, options)
         if not state.weights:  # nothing to round (floating-point weights): leave the unit as it is
             for quantizer in state.activations:
                 quantizer.drop_probability = 0.0
-            return {"error_start": 0.0, "error_end": 0.0, "rounding_end": 0.0, "seconds": 0.0}
+            return {"error_calibrated": calibrated, "error_reconstructed": calibrated, "seconds": 0.0}
         result = train_unit(module, state, data, options, label)
         finish_unit(state)
+        result = {"error_calibrated": calibrated, "error_reconstructed": unit_error(module, data), **result}
     return result | {"seconds": round(time.perf_counter() - start, 2)}

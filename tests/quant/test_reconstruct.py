@@ -100,6 +100,7 @@ def test_reconstruction_lowers_a_units_error_and_leaves_weights_on_the_grid(tiny
     options = ReconstructConfig(**FAST | {"iterations": 300})
     student, losses = reconstruct(student, tiny_entry.module, x, options)
     assert [loss["unit"] for loss in losses] == ["conv1", "conv2", "fc"]  # no blocks: every layer alone
+    assert all(loss["error_reconstructed"] < loss["error_calibrated"] for loss in losses[:2])
     step = student.conv2.input_quantizer
     assert not torch.equal(step.scale, before["conv2"].input_quantizer.scale)  # activation steps learned
     assert not isinstance(step.scale, nn.Parameter) and step.step_gradient_scale  # fixed again
