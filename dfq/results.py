@@ -138,9 +138,17 @@ def option_text(value: Any) -> str:
 
 
 def record_options(records: Sequence[dict[str, Any]]) -> Options:
-    """Every option of every step record, keyed `<step>.<option>`, sorted."""
+    """Every option of every step record, keyed `<step>.<option>`, sorted; a step's bookkeeping
+    (its seed, resuming) is left out even where an older record holds it, so seeds aggregate."""
+
+    def bookkeeping(name: str) -> tuple[str, ...]:
+        return STEPS[name].bookkeeping if name in STEPS else ()
+
     pairs = (
-        (f"{r['name']}.{key}", option_text(value)) for r in records for key, value in r["options"].items()
+        (f"{record['name']}.{key}", option_text(value))
+        for record in records
+        for key, value in record["options"].items()
+        if key not in bookkeeping(record["name"])
     )
     return tuple(sorted(pairs))
 

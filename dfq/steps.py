@@ -102,7 +102,7 @@ class Step:
 
 STEPS: dict[str, Step] = {
     "calibrate": Step(calibrate_step, "calibrate", "PTQ", "ptq_top1"),
-    "reconstruct": Step(reconstruct_step, "reconstruct", "REC", "reconstruct_top1", ("resume",)),
+    "reconstruct": Step(reconstruct_step, "reconstruct", "REC", "reconstruct_top1", ("resume", "seed")),
     "distill": Step(distill_step, "finetune", "QAT", "qat_top1", ("enabled", "resume", "seed")),
 }
 FIRST_STEP = "calibrate"  # every other step needs the quantizers' ranges

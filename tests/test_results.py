@@ -44,7 +44,8 @@ def fake_run(
     """A run directory as dfq.record writes it: metrics.json (with step records, unless `records` is
     False: a run from before them) and the resolved config.yaml."""
     iterations = {"real": 0, "gaussian": 0}.get(generator, 500)
-    tuning = {"epochs": 30, "lr": 0.005, "grad_clip": grad_clip} | (distill_options or {})
+    # an older record may hold the step's seed: the collector leaves it out, so seeds still aggregate
+    tuning = {"epochs": 30, "lr": 0.005, "grad_clip": grad_clip, "seed": seed} | (distill_options or {})
 
     def source(ptq: float, qat: float | None) -> dict:
         steps = [{"name": "calibrate", "options": CALIBRATION, "top1": ptq, "wall_time_s": 1.0}]
