@@ -552,7 +552,8 @@ def to_markdown(rows: Sequence[dict[str, Any]], title: str = "Results") -> str:
     lines = [f"## {title}", ""]
     for members in sections(rows).values():
         lines += section_markdown(members)
-    options = [name for name in option_columns(rows) if name in differing(rows)]
+    varying = set(differing(rows))
+    options = [name for name in option_columns(rows) if name in varying]
     lines += ["### All rows", ""]
     header = [*MARKDOWN_COLUMNS.values(), *options]
     lines += markdown_table(header, [long_row(row, options) for row in rows])

@@ -19,15 +19,18 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
 from torch.utils.data import Subset
 
 from dfq.config import compose_config, validate
+from dfq.data.sample_set import SampleSet
 from dfq.distill.distill import distill
 from dfq.errors import UserError
 from dfq.evaluate import top1
+from dfq.models.load import ModelEntry
 from dfq.pipeline import compress, load_teacher, sample_path
 from dfq.samples import make_samples
 
@@ -35,8 +38,15 @@ PTQ_BITS = ((8, 8), (6, 6), (4, 8), (4, 4))
 CLIP = 1.0  # finetune.grad_clip of the clipped QAT (docs/RESULTS.md, "QAT with gradient clipping")
 
 
-def judge(overrides: list[str], heldout_range: range, qat: bool = True) -> dict:
-    """The row of one recipe: sample statistics and held-out top-1 after PTQ and QAT."""
+OPTIONS = {"logger": False, "enable_progress_bar": False, "accelerator": "cpu", "devices": 1}
+
+
+def heldout_setup(
+    overrides: list[str], heldout_range: range
+) -> tuple[Any, ModelEntry, Subset, SampleSet, dict]:
+    """What every held-out judgement starts from: the typed config, the teacher, the held-out training
+    images, the main generator's samples (from the shared cache, or made now), and the row so far
+    (the overrides and the synthesis seconds)."""
     cfg = compose_config(overrides, "outputs/heldout")
     config = validate(cfg)
     data = hydra.utils.instantiate(cfg.dataset)
@@ -44,11 +54,21 @@ def judge(overrides: list[str], heldout_range: range, qat: bool = True) -> dict:
     heldout = Subset(data.split("train", teacher.normalization), heldout_range)
     start = time.time()
     path = sample_path(config, teacher, config.generator, Path("outputs/heldout"))
-    options = {"logger": False, "enable_progress_bar": False, "accelerator": "cpu", "devices": 1}
-    samples = make_samples(teacher, config.generator, data, path, options)
+    samples = make_samples(teacher, config.generator, data, path, OPTIONS)
+    return (
+        config,
+        teacher,
+        heldout,
+        samples,
+        {"overrides": overrides, "synthesis_s": round(time.time() - start)},
+    )
+
+
+def judge(overrides: list[str], heldout_range: range, qat: bool = True) -> dict:
+    """The row of one recipe: sample statistics and held-out top-1 after PTQ and QAT."""
+    config, teacher, heldout, samples, row = heldout_setup(overrides, heldout_range)
     with torch.no_grad():
         probability = teacher.module.eval()(samples.x).softmax(1).max(1).values.mean()
-    row = {"overrides": overrides, "synthesis_s": round(time.time() - start)}
     row |= {"top_probability": round(float(probability), 4), "sample_std": round(float(samples.x.std()), 3)}
     for w_bits, a_bits in PTQ_BITS:
         policy = dataclasses.replace(config.quant, w_bits=w_bits, a_bits=a_bits)
@@ -58,7 +78,7 @@ def judge(overrides: list[str], heldout_range: range, qat: bool = True) -> dict:
     if qat:  # `student` is the calibrated W4A4 one
         for key, clip in (("W4A4_qat", None), ("W4A4_qat_clipped", CLIP)):
             finetune = dataclasses.replace(config.finetune, enabled=True, grad_clip=clip)
-            tuned = distill(copy.deepcopy(student), teacher.module, samples.x, finetune, None, options)
+            tuned = distill(copy.deepcopy(student), teacher.module, samples.x, finetune, None, OPTIONS)
             row[key] = round(top1(tuned, heldout, 500), 2)
     return row
 

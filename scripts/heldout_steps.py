@@ -13,34 +13,21 @@ record (options, held-out top-1, wall time).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-import hydra
-from torch.utils.data import Subset
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_recipe import parser_for, report  # noqa: E402
+from heldout_recipe import OPTIONS, heldout_setup, parser_for, report  # noqa: E402
 
-from dfq.config import compose_config, validate  # noqa: E402
-from dfq.pipeline import evaluate_source, load_teacher, sample_path  # noqa: E402
-from dfq.samples import make_samples  # noqa: E402
-
-OPTIONS = {"logger": False, "enable_progress_bar": False, "accelerator": "cpu", "devices": 1}
+from dfq.pipeline import evaluate_source  # noqa: E402
 
 
 def judge(overrides: list[str], heldout: range) -> dict:
     """Synthesize (or reuse) the main generator's samples and run the configured steps on them,
     scoring each on the held-out training images."""
-    cfg = compose_config([*overrides, "compare=none", "logger=none"], "outputs/heldout")
-    config = validate(cfg)
-    data = hydra.utils.instantiate(cfg.dataset)
-    teacher = load_teacher(cfg.model, data)
-    images = Subset(data.split("train", teacher.normalization), heldout)
-    start = time.time()
-    path = sample_path(config, teacher, config.generator, Path("outputs/heldout"))
-    samples = make_samples(teacher, config.generator, data, path, OPTIONS)
-    row = {"overrides": overrides, "synthesis_s": round(time.time() - start)}
+    config, teacher, images, samples, row = heldout_setup(
+        [*overrides, "compare=none", "logger=none"], heldout
+    )
+    row["overrides"] = overrides
     result = evaluate_source(teacher, samples, config, images, OPTIONS)
     return row | {"steps": result["steps"]}
 
