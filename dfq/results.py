@@ -75,18 +75,19 @@ class Result:
     fp_top1: float
     top1: float
     ptq_top1: float
-    wall_time_s: float
+    wall_time_s: float  # the whole run
+    student_time_s: float | None  # this source's student steps (None: a run without step records)
 
 
-MEASURED = ("seed", "fp_top1", "top1", "ptq_top1", "wall_time_s")
+MEASURED = ("seed", "fp_top1", "top1", "ptq_top1", "wall_time_s", "student_time_s")
 PROTOCOL = tuple(f.name for f in fields(Result) if f.name not in MEASURED)
 FIXED = tuple(name for name in PROTOCOL if name != "options")  # the protocol columns every table has
 SECTION = ("experiment", "model", "first_last_bits", "granularity", "symmetry", "observer", "placement")
 SECTION += ("protocol", "num_samples", "test_samples")
 SUMMARY_COLUMNS = (*FIXED, "seeds", "seed_list", "fp_top1", "top1_mean", "top1_std")
-SUMMARY_COLUMNS += ("ptq_top1_mean", "ptq_top1_std", "wall_time_s")  # then one column per step option
+SUMMARY_COLUMNS += ("ptq_top1_mean", "ptq_top1_std", "wall_time_s", "student_time_s")  # then the options
 # Columns that tables written before them lack, with the value all of their runs had
-ADDED_COLUMNS = {"pad_crop": "0"}
+ADDED_COLUMNS = {"pad_crop": "0", "student_time_s": ""}
 # how a row label names a recipe field in which rows of one data source differ
 RECIPE_LABELS = {"iterations": "{} it", "pad_crop": "crop {}"}
 MARKDOWN_COLUMNS = {
@@ -107,6 +108,7 @@ MARKDOWN_COLUMNS = {
     "seeds": "seeds",
     "top1": "top-1 %",
     "wall_time_s": "wall time (s)",
+    "student_time_s": "student minutes",
 }
 
 
@@ -137,15 +139,20 @@ def option_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
+def option_column(step: str, option: str) -> str:
+    """`<step>.<option>`; a step's `method` is the column named after the step (`reconstruct`)."""
+    return step if option == "method" else f"{step}.{option}"
+
+
 def record_options(records: Sequence[dict[str, Any]]) -> Options:
-    """Every option of every step record, keyed `<step>.<option>`, sorted; a step's bookkeeping
+    """Every option of every step record, keyed by `option_column`, sorted; a step's bookkeeping
     (its seed, resuming) is left out even where an older record holds it, so seeds aggregate."""
 
     def bookkeeping(name: str) -> tuple[str, ...]:
         return STEPS[name].bookkeeping if name in STEPS else ()
 
     pairs = (
-        (f"{record['name']}.{key}", option_text(value))
+        (option_column(record["name"], key), option_text(value))
         for record in records
         for key, value in record["options"].items()
         if key not in bookkeeping(record["name"])
@@ -222,9 +229,17 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
                 options=record_options(records),
                 top1=float(records[-1]["top1"]),
                 ptq_top1=float(records[0]["top1"]),
+                student_time_s=student_time(records),
             )
         )
     return results
+
+
+def student_time(records: Sequence[dict[str, Any]]) -> float | None:
+    """The summed wall time of a source's steps: what its student cost, synthesis and evaluation of
+    the teacher aside (None for records rebuilt from a run without step records)."""
+    times = [record.get("wall_time_s") for record in records]
+    return None if None in times else float(sum(times))
 
 
 def collect(roots: Iterable[str | Path]) -> list[Result]:
@@ -262,6 +277,7 @@ class Tally:
     ptq_top1: tuple[float, float]
     fp_top1: float  # means
     wall_time_s: float
+    student_time_s: tuple[float, int]  # mean over the runs that record it, and their number
 
     @classmethod
     def of(cls, result: Result) -> Tally:
@@ -271,6 +287,7 @@ class Tally:
             (result.ptq_top1, 0.0),
             result.fp_top1,
             result.wall_time_s,
+            (0.0, 0) if result.student_time_s is None else (result.student_time_s, 1),
         )
 
     def __add__(self, other: Tally) -> Tally:
@@ -289,6 +306,7 @@ class Tally:
             moments(self.ptq_top1, other.ptq_top1),
             mean(self.fp_top1, other.fp_top1),
             mean(self.wall_time_s, other.wall_time_s),
+            timed(self.student_time_s, other.student_time_s),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -307,7 +325,14 @@ class Tally:
             "ptq_top1_mean": self.ptq_top1[0],
             "ptq_top1_std": std(self.ptq_top1),
             "wall_time_s": self.wall_time_s,
+            "student_time_s": self.student_time_s[0] if self.student_time_s[1] else None,
         }
+
+
+def timed(a: tuple[float, int], b: tuple[float, int]) -> tuple[float, int]:
+    """Two (mean, count) pairs as one."""
+    count = a[1] + b[1]
+    return ((a[0] * a[1] + b[0] * b[1]) / count if count else 0.0), count
 
 
 def merge(tallies: dict[tuple, Tally], key: tuple, tally: Tally) -> None:
@@ -352,7 +377,7 @@ def option_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 FIELD_TYPES = {"int": int, "float": float, "str": str}
-TYPES = {f.name: FIELD_TYPES[f.type] for f in fields(Result) if f.name != "options"}  # fixed fields' types
+TYPES = {f.name: FIELD_TYPES[f.type] for f in fields(Result) if f.name in FIXED}  # fixed fields' types
 
 
 def read_table(path: str | Path) -> dict[tuple, Tally]:
@@ -399,8 +424,15 @@ def protocol_key(row: dict[str, str]) -> tuple:
     the value every run had before it existed), then the option columns the row fills."""
     fixed = tuple(TYPES[name](row[name] if name in row else ADDED_COLUMNS[name]) for name in FIXED)
     known = set(SUMMARY_COLUMNS) | set(ADDED_COLUMNS)
-    options = tuple(sorted((name, value) for name, value in row.items() if name not in known and value != ""))
+    filled = ((current_column(name), value) for name, value in row.items() if name not in known and value)
+    options = tuple(sorted(filled))
     return (*fixed, options)
+
+
+def current_column(name: str) -> str:
+    """An option column as `option_column` names it today (`reconstruct.method` was `reconstruct`'s)."""
+    step, _, option = name.partition(".")
+    return option_column(step, option) if option else name
 
 
 def table_tally(row: dict[str, str], path: str | Path) -> Tally:
@@ -415,8 +447,14 @@ def table_tally(row: dict[str, str], path: str | Path) -> Tally:
             raise ResultsError(f"{path}: {name}_std is empty in a row of {len(seeds)} seeds")
         return float(row[f"{name}_mean"]), float(std or 0.0) ** 2 * (len(seeds) - 1)
 
+    student = row.get("student_time_s") or ""
     return Tally(
-        seeds, moments("top1"), moments("ptq_top1"), float(row["fp_top1"]), float(row["wall_time_s"])
+        seeds,
+        moments("top1"),
+        moments("ptq_top1"),
+        float(row["fp_top1"]),
+        float(row["wall_time_s"]),
+        (float(student), len(seeds)) if student else (0.0, 0),
     )
 
 
@@ -543,6 +581,7 @@ def long_row(row: dict[str, Any], options: Sequence[str] = ()) -> list[str]:
         "fp_top1": f"{row['fp_top1']:.2f}",
         "top1": accuracy(row["top1_mean"], row["top1_std"]),
         "wall_time_s": f"{row['wall_time_s']:.0f}",
+        "student_time_s": "-" if row["student_time_s"] is None else f"{row['student_time_s'] / 60:.1f}",
     }
     return [str(values[name]) for name in MARKDOWN_COLUMNS] + [str(row.get(name, "-")) for name in options]
 

@@ -3,6 +3,8 @@ wall time, for a model at its resolution (random weights and random samples: onl
 
     OMP_NUM_THREADS=1 python scripts/bench_reconstruct.py --model resnet20 --recipe genie \
         --iterations 50 --out docs/perf/reconstruct_resnet20
+
+writes <out>.json and <out>.md (a table of milliseconds per iteration per unit).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from bench_synthesis import MODELS  # noqa: E402
 
 from dfq.benchmark import machine  # noqa: E402
 from dfq.config import compose_config, validate  # noqa: E402
-from dfq.io import save_json  # noqa: E402
+from dfq.io import atomic_path, save_json  # noqa: E402
 from dfq.quant.calibrate import calibrate  # noqa: E402
 from dfq.quant.prepare import quantize  # noqa: E402
 from dfq.quant.reconstruct import reconstruct  # noqa: E402
@@ -67,6 +69,33 @@ def main() -> None:
         print(f"{unit['unit']:<12} {unit['s_per_iteration'] * 1000:8.1f} ms/iteration")
     if args.out:
         save_json(result, args.out.with_suffix(".json"))
+        with atomic_path(args.out.with_suffix(".md")) as tmp:
+            tmp.write_text(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The benchmark as a markdown table (one row per unit), its command and machine."""
+    lines = ["| unit | ms per iteration |", "|---|---|"]
+    lines += [f"| {u['unit']} | {u['s_per_iteration'] * 1000:.1f} |" for u in result["units"]]
+    lines += [f"| all {len(result['units'])} units | {result['mean_s_per_iteration'] * 1000:.1f} (mean) |"]
+    extrapolated = result["mean_s_per_iteration"] * len(result["units"]) / 60
+    return "\n".join(
+        [
+            f"Reconstruction speed: {result['model']}, recipe `{result['recipe']}`, "
+            f"quant `{result['quant']}`, "
+            f"{result['samples']} samples, {result['iterations']} timed iterations per unit.",
+            "",
+            *lines,
+            "",
+            f"Wall time of the timed run: {result['wall_s']:.1f} s; at this speed, 1,000 iterations per unit "
+            f"take {extrapolated * 1000:.1f} minutes.",
+            "",
+            f"machine: {result['machine']}",
+            "",
+            f"command: `{result['command']}`",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

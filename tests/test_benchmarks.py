@@ -13,6 +13,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from dfq.benchmark import StepTimer, markdown_table, saved_for_backward, time_calls
+from tests.conftest import load_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -69,3 +70,14 @@ def test_saved_for_backward_counts_activations_and_what_checkpointing_drops():
         checkpoint(lambda t: t.exp().exp(), x, use_reentrant=False).sum()
     assert plain["saved_mib"] == pytest.approx(2.0)
     assert recomputed["saved_mib"] == pytest.approx(1.0)  # only the region's input, kept to recompute
+
+
+def test_reconstruction_benchmark_table_extrapolates_to_the_recipes_iterations():
+    bench = load_script("bench_reconstruct")
+    units = [{"unit": "conv1", "s_per_iteration": 0.01}, {"unit": "layer1.0", "s_per_iteration": 0.05}]
+    result = {"model": "resnet20", "recipe": "genie", "quant": "strict", "samples": 64, "iterations": 10,
+              "units": units, "mean_s_per_iteration": 0.03, "wall_s": 1.0, "machine": "cpu",
+              "command": "python x"}  # fmt: skip
+    text = bench.markdown(result)
+    assert "| layer1.0 | 50.0 |" in text and "| all 2 units | 30.0 (mean) |" in text
+    assert "1,000 iterations per unit take 1.0 minutes" in text  # 0.03 s x 2 units x 1,000 / 60

@@ -16,8 +16,10 @@ from dfq.results import (
     ResultsError,
     aggregate,
     collect,
+    current_column,
     observer_name,
     read_table,
+    record_options,
     to_markdown,
     write_report,
 )
@@ -233,6 +235,35 @@ def test_a_table_written_before_the_crop_column_still_extends(tmp_path):
     fake_run(tmp_path / "new" / "0", "bn_stats", (4, 4), 1, 82.0, pad_crop=0)
     (row,) = aggregate(collect([tmp_path / "new"]), [read_table(path)])
     assert row["seed_list"] == "0 1" and row["top1_mean"] == pytest.approx(81.0)
+
+
+def test_student_time_is_the_sum_of_a_sources_step_times(tmp_path):
+    fake_run(tmp_path / "new" / "0", "bn_stats", (4, 4), 0, 80.0, qat=84.0)  # steps of 1 s and 9 s
+    fake_run(tmp_path / "new" / "1", "bn_stats", (8, 8), 0, 90.0)
+    calibrated, tuned = aggregate(collect([tmp_path / "new"]))
+    assert (calibrated["student_time_s"], tuned["student_time_s"]) == (1.0, 10.0)
+    assert "| 0.2 |" in to_markdown([tuned])  # minutes
+    fake_run(tmp_path / "old" / "0", "bn_stats", (4, 4), 1, 80.0, qat=86.0, records=False)
+    (old,) = aggregate(collect([tmp_path / "old"]))
+    assert old["student_time_s"] is None and "| - |" in to_markdown([old])
+    path = write_report([tmp_path / "new"], tmp_path / "t")["csv"]  # as written before the column
+    with path.open(newline="") as file:
+        rows = [{k: v for k, v in row.items() if k != "student_time_s"} for row in csv.DictReader(file)]
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fake_run(tmp_path / "more" / "0", "bn_stats", (4, 4), 2, 80.0, qat=86.0)
+    merged = aggregate(collect([tmp_path / "more"]), [read_table(path)])
+    assert merged[1]["seed_list"] == "0 2" and merged[1]["student_time_s"] == 10.0  # the timed run's
+    assert merged[0]["student_time_s"] is None
+
+
+def test_a_steps_method_is_the_column_named_after_the_step():
+    records = [{"name": "reconstruct", "options": {"method": "genie", "iterations": 1000}}]
+    assert record_options(records) == (("reconstruct", "genie"), ("reconstruct.iterations", "1000"))
+    assert current_column("reconstruct.method") == "reconstruct"  # tables written before the rule
+    assert current_column("distill.lr") == "distill.lr"
 
 
 def test_compare_sources_of_one_run_become_rows(tmp_path):

@@ -66,7 +66,7 @@ def test_a_reconstruction_steps_record_reaches_the_collectors_columns(tmp_path: 
     assert [s["name"] for s in steps] == ["calibrate", "reconstruct"]
     assert metrics["sources"]["bn_stats"]["reconstruct_top1"] == steps[1]["top1"]
     (row,) = aggregate(collect([tmp_path / "run"]))
-    assert row["steps"] == "calibrate+reconstruct" and row["reconstruct.method"] == "qdrop"
+    assert row["steps"] == "calibrate+reconstruct" and row["reconstruct"] == "qdrop"
     assert row["reconstruct.drop_probability"] == "0.5" and row["top1_mean"] == steps[1]["top1"]
     assert "reconstruct.seed" not in row and "seed" not in steps[1]["options"]  # seeds aggregate
     assert (tmp_path / "run" / "students" / "bn_stats" / "reconstruct" / "state.pt").is_file()
