@@ -447,7 +447,7 @@ def table_tally(row: dict[str, str], path: str | Path) -> Tally:
             raise ResultsError(f"{path}: {name}_std is empty in a row of {len(seeds)} seeds")
         return float(row[f"{name}_mean"]), float(std or 0.0) ** 2 * (len(seeds) - 1)
 
-    student = row.get("student_time_s") or ""
+    student = row.get("student_time_s")
     return Tally(
         seeds,
         moments("top1"),

@@ -223,15 +223,20 @@ def test_runs_and_tables_from_before_step_records_read_as_the_same_protocol(tmp_
     assert row["seed_list"] == "0 1" and row["top1_mean"] == pytest.approx(86.0)
 
 
+def drop_column(path: Path, name: str) -> None:
+    """Rewrite the CSV at `path` without column `name`: a table written before the column existed."""
+    with path.open(newline="") as file:
+        rows = [{k: v for k, v in row.items() if k != name} for row in csv.DictReader(file)]
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def test_a_table_written_before_the_crop_column_still_extends(tmp_path):
     fake_run(tmp_path / "old" / "0", "bn_stats", (4, 4), 0, 80.0)
     path = write_report([tmp_path / "old"], tmp_path / "t")["csv"]
-    with path.open(newline="") as file:
-        old_rows = [{k: v for k, v in row.items() if k != "pad_crop"} for row in csv.DictReader(file)]
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(old_rows[0]))
-        writer.writeheader()
-        writer.writerows(old_rows)
+    drop_column(path, "pad_crop")
     fake_run(tmp_path / "new" / "0", "bn_stats", (4, 4), 1, 82.0, pad_crop=0)
     (row,) = aggregate(collect([tmp_path / "new"]), [read_table(path)])
     assert row["seed_list"] == "0 1" and row["top1_mean"] == pytest.approx(81.0)
@@ -247,12 +252,7 @@ def test_student_time_is_the_sum_of_a_sources_step_times(tmp_path):
     (old,) = aggregate(collect([tmp_path / "old"]))
     assert old["student_time_s"] is None and "| - |" in to_markdown([old])
     path = write_report([tmp_path / "new"], tmp_path / "t")["csv"]  # as written before the column
-    with path.open(newline="") as file:
-        rows = [{k: v for k, v in row.items() if k != "student_time_s"} for row in csv.DictReader(file)]
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    drop_column(path, "student_time_s")
     fake_run(tmp_path / "more" / "0", "bn_stats", (4, 4), 2, 80.0, qat=86.0)
     merged = aggregate(collect([tmp_path / "more"]), [read_table(path)])
     assert merged[1]["seed_list"] == "0 2" and merged[1]["student_time_s"] == 10.0  # the timed run's
