@@ -277,7 +277,7 @@ class Tally:
     ptq_top1: tuple[float, float]
     fp_top1: float  # means
     wall_time_s: float
-    student_time_s: tuple[float, int]  # mean over the runs that record it, and their number
+    student_time_s: tuple[float, int]  # summed over the runs that record it, and their number
 
     @classmethod
     def of(cls, result: Result) -> Tally:
@@ -306,12 +306,16 @@ class Tally:
             moments(self.ptq_top1, other.ptq_top1),
             mean(self.fp_top1, other.fp_top1),
             mean(self.wall_time_s, other.wall_time_s),
-            timed(self.student_time_s, other.student_time_s),
+            (
+                self.student_time_s[0] + other.student_time_s[0],
+                self.student_time_s[1] + other.student_time_s[1],
+            ),
         )
 
     def summary(self) -> dict[str, Any]:
         """The measured columns of a table row."""
         n = len(self.seeds)
+        total, timed = self.student_time_s
 
         def std(moments: tuple[float, float]) -> float | None:
             return math.sqrt(moments[1] / (n - 1)) if n > 1 else None
@@ -325,14 +329,8 @@ class Tally:
             "ptq_top1_mean": self.ptq_top1[0],
             "ptq_top1_std": std(self.ptq_top1),
             "wall_time_s": self.wall_time_s,
-            "student_time_s": self.student_time_s[0] if self.student_time_s[1] else None,
+            "student_time_s": total / timed if timed else None,
         }
-
-
-def timed(a: tuple[float, int], b: tuple[float, int]) -> tuple[float, int]:
-    """Two (mean, count) pairs as one."""
-    count = a[1] + b[1]
-    return ((a[0] * a[1] + b[0] * b[1]) / count if count else 0.0), count
 
 
 def merge(tallies: dict[tuple, Tally], key: tuple, tally: Tally) -> None:
@@ -454,7 +452,7 @@ def table_tally(row: dict[str, str], path: str | Path) -> Tally:
         moments("ptq_top1"),
         float(row["fp_top1"]),
         float(row["wall_time_s"]),
-        (float(student), len(seeds)) if student else (0.0, 0),
+        (float(student) * len(seeds), len(seeds)) if student else (0.0, 0),
     )
 
 

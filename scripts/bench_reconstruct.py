@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_synthesis import MODELS  # noqa: E402
 
-from dfq.benchmark import machine  # noqa: E402
+from dfq.benchmark import machine, markdown_table  # noqa: E402
 from dfq.config import compose_config, validate  # noqa: E402
 from dfq.io import atomic_path, save_json  # noqa: E402
 from dfq.quant.calibrate import calibrate  # noqa: E402
@@ -75,9 +75,8 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     """The benchmark as a markdown table (one row per unit), its command and machine."""
-    lines = ["| unit | ms per iteration |", "|---|---|"]
-    lines += [f"| {u['unit']} | {u['s_per_iteration'] * 1000:.1f} |" for u in result["units"]]
-    lines += [f"| all {len(result['units'])} units | {result['mean_s_per_iteration'] * 1000:.1f} (mean) |"]
+    rows = [{"unit": u["unit"], "ms": u["s_per_iteration"] * 1000} for u in result["units"]]
+    rows += [{"unit": f"all {len(rows)} units", "ms": f"{result['mean_s_per_iteration'] * 1000:.1f} (mean)"}]
     extrapolated = result["mean_s_per_iteration"] * len(result["units"]) / 60
     return "\n".join(
         [
@@ -85,7 +84,7 @@ def markdown(result: dict) -> str:
             f"quant `{result['quant']}`, "
             f"{result['samples']} samples, {result['iterations']} timed iterations per unit.",
             "",
-            *lines,
+            markdown_table(rows, {"unit": "unit", "ms": "ms per iteration"}),
             "",
             f"Wall time of the timed run: {result['wall_s']:.1f} s; at this speed, 1,000 iterations per unit "
             f"take {extrapolated * 1000:.1f} minutes.",
