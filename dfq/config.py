@@ -21,6 +21,7 @@ from omegaconf.errors import MissingMandatoryValue
 from dfq.distill.module import FinetuneConfig
 from dfq.errors import UserError
 from dfq.quant.calibrate import CalibrateConfig
+from dfq.quant.mixed_precision import MixedPrecisionConfig
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.reconstruct import ReconstructConfig
 from dfq.ranges import SEED_MAX, Range, check_ranges, field_range, out_of_range, ranged
@@ -108,6 +109,7 @@ class RunConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     compare: dict[str, GeneratorConfig] = field(default_factory=dict)
     quant: QuantPolicy = field(default_factory=QuantPolicy)
+    mixed_precision: MixedPrecisionConfig = field(default_factory=MixedPrecisionConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

@@ -28,9 +28,13 @@ from dfq.data.source import DataSource
 from dfq.distributed import launch
 from dfq.errors import UserError
 from dfq.evaluate import top1
+from dfq.io import save_json
 from dfq.models.load import ModelEntry, build_model, normalization_from
 from dfq.quant.bn import fold_batchnorm
 from dfq.quant.export import export_quantized
+from dfq.quant.mixed_precision import MixedPrecisionConfig, choose_bits, model_size, save_widths
+from dfq.quant.mixed_precision.budget import BUDGETS
+from dfq.quant.mixed_precision.pareto import MeasuredPoint, plot_frontier
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.prepare import quantize
 from dfq.record import log_sample_grid, record, save_grid
@@ -55,12 +59,18 @@ def load_teacher(model_cfg: DictConfig, data: DataSource) -> ModelEntry:
 
 
 def prepare_student(
-    teacher: nn.Module, samples: SampleSet, policy: QuantPolicy, fold_bn: bool
-) -> tuple[nn.Module, nn.Module]:
-    """The quantized copy of `teacher` every student step starts from, and the float network it was
-    quantized from (the teacher, or a BN-folded copy when asked)."""
+    teacher: nn.Module,
+    samples: SampleSet,
+    policy: QuantPolicy,
+    fold_bn: bool,
+    mixed_precision: MixedPrecisionConfig | None = None,
+) -> tuple[nn.Module, nn.Module, dict[str, Any] | None]:
+    """The quantized copy of `teacher` every student step starts from, the float network it was
+    quantized from (the teacher, or a BN-folded copy when asked), and the mixed-precision choice of
+    per-layer widths made on that network (None: the policy's widths as they are)."""
     base = fold_batchnorm(teacher) if fold_bn else teacher  # a copy: the teacher keeps its BN
-    return quantize(base, policy, samples.x[:2]), base
+    policy, choice = choose_bits(base, samples.x, policy, mixed_precision or MixedPrecisionConfig())
+    return quantize(base, policy, samples.x[:2]), base, choice
 
 
 def compress(
@@ -70,7 +80,7 @@ def compress(
     calibration: CalibrateConfig,
 ) -> nn.Module:
     """Quantized copy of `teacher`, calibrated on (the first `calibration.num_samples` of) `samples`."""
-    student, _ = prepare_student(teacher, samples, policy, calibration.fold_bn)
+    student, _, _ = prepare_student(teacher, samples, policy, calibration.fold_bn)
     return calibrate_step(student, calibration, StepContext(teacher, samples))
 
 
@@ -89,42 +99,74 @@ def evaluate_source(
     export: bool = True,
 ) -> dict[str, Any]:
     """Run the student's steps (`config.student.steps`) on `samples`: the test accuracy after each
-    (`ptq_top1`, `qat_top1`, ...) and each step's record (`steps`).
+    (`ptq_top1`, `qat_top1`, ...), each step's record (`steps`), the student's `size`, and the
+    `mixed_precision` choice when one was made (`config.mixed_precision`).
 
     With `out_dir`: the steps' checkpoints below it (a rerun resumes), and the final student exported
-    to `out_dir/quantized.pt` + `.json` (`python -m dfq.evaluate` reads it) unless `export` is False
-    (ranks other than 0).
+    to `out_dir/quantized.pt` + `.json` (`python -m dfq.evaluate` reads it), with the mixed-precision
+    widths, report and Pareto plot, unless `export` is False (ranks other than 0).
     """
-    student, base = prepare_student(teacher.module, samples, config.quant, config.calibrate.fold_bn)
+    quant, fold_bn = config.quant, config.calibrate.fold_bn
+    student, base, choice = prepare_student(teacher.module, samples, quant, fold_bn, config.mixed_precision)
     context = StepContext(teacher.module, samples, trainer_options, out_dir, config.speed, base)
     options = functools.partial(getattr, config)
     student, records = run_steps(
         student, config.student.steps, options, context, test, config.evaluate.batch_size
     )
+    result = {STEPS[record["name"]].metric: record["top1"] for record in records} | {"steps": records}
+    result["size"] = model_size(student, samples.x[:1])
+    if choice:
+        result["mixed_precision"] = {key: value for key, value in choice.items() if key in CHOICE_RECORD}
     if out_dir and export:
         export_quantized(student, out_dir / "quantized.pt", {"model": teacher.name})
-    return {STEPS[record["name"]].metric: record["top1"] for record in records} | {"steps": records}
+        if choice:
+            save_choice(choice, out_dir, result["size"], records[-1]["top1"])
+    return result
+
+
+CHOICE_RECORD = ("options", "widths", "summed_sensitivity", *(f"planned_{kind}" for kind in BUDGETS))
+
+
+def save_choice(choice: dict[str, Any], out_dir: Path, size: dict[str, float], top1: float) -> None:
+    """The widths as reusable YAML (`mixed_precision.yaml`), the whole report as JSON, and the Pareto
+    plot of the frontier with this student's measured top-1."""
+    save_widths(choice["widths"], out_dir / "mixed_precision.yaml")
+    save_json(choice | {"size": size, "top1": top1}, out_dir / "mixed_precision.json")
+    if choice.get("frontier"):
+        kind = choice["options"]["budget_kind"]
+        point = MeasuredPoint(size[kind], top1, f"{kind} <= {choice['options']['budget']}")
+        plot_frontier(choice["frontier"], [point], BUDGETS[kind].unit, out_dir / "mixed_precision.png")
 
 
 TABLE_COLUMNS = {"ptq_top1": "calibrated", "reconstruct_top1": "reconstructed", "qat_top1": "fine-tuned"}
 
 
+SIZE_COLUMNS = {"avg w bits": ("avg_weight_bits", "{:.2f}"), "weight bytes": ("weight_bytes", "{:.0f}")}
+SIZE_COLUMNS |= {"BOPs/sample": ("bops", "{:.3g}")}
+
+
 def format_table(metrics: dict[str, Any]) -> str:
     """The short table a run prints: accuracy per data source after calibration, reconstruction (when
-    a source was reconstructed) and fine-tuning."""
+    a source was reconstructed) and fine-tuning, and the final student's size."""
     bits = f"W{metrics['w_bits']}A{metrics['a_bits']}"
     shown = [key for key in TABLE_COLUMNS if key != "reconstruct_top1"]
     if any("reconstruct_top1" in result for result in metrics["sources"].values()):
         shown.insert(1, "reconstruct_top1")
-    headers = [f"{bits} {TABLE_COLUMNS[key]}" for key in shown]
-    widths = [max(18, len(header) + 3) for header in headers]
+    headers = [f"{bits} {TABLE_COLUMNS[key]}" for key in shown] + list(SIZE_COLUMNS)
+    widths = [max(18, len(header) + 3) for header in headers[: len(shown)]] + [14] * len(SIZE_COLUMNS)
+    mixed = [r["mixed_precision"]["options"] for r in metrics["sources"].values() if "mixed_precision" in r]
+    setting = bits  # with mixed precision, the bits are the default width; the chosen ones differ per layer
+    if mixed:
+        setting += f" mixed precision ({', '.join(f'{k}={v}' for k, v in mixed[0].items())})"
     lines = [
-        f"dfq: {metrics['model']} {bits} ({metrics['protocol']}), {metrics['num_samples']} samples, "
+        f"dfq: {metrics['model']} {setting} ({metrics['protocol']}), {metrics['num_samples']} samples, "
         f"test top-1 % on {metrics['test_samples']} images",
         f"{'data source':<22}" + "".join(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True)),
     ]
     for name, result in metrics["sources"].items():
         cells = ["-" if result.get(key) is None else f"{result[key]:.2f}" for key in shown]
+        size = result.get("size", {})
+        cells += ["-" if key not in size else form.format(size[key]) for key, form in SIZE_COLUMNS.values()]
         lines.append(f"{name:<22}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
     lines.append(f"{'full precision':<22}{metrics['fp_top1']:>{widths[0]}.2f}")
     return "\n".join(lines)

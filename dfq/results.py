@@ -77,17 +77,20 @@ class Result:
     ptq_top1: float
     wall_time_s: float  # the whole run
     student_time_s: float | None  # this source's student steps (None: a run without step records)
+    weight_bytes: float | None  # the student's weight memory (dfq.quant.mixed_precision.model_size)
+    bops: float | None  # and its bit-operations per sample (None: a run from before they were recorded)
 
 
-MEASURED = ("seed", "fp_top1", "top1", "ptq_top1", "wall_time_s", "student_time_s")
+RECORDED = ("student_time_s", "weight_bytes", "bops")  # averaged over the runs that record them
+MEASURED = ("seed", "fp_top1", "top1", "ptq_top1", "wall_time_s", *RECORDED)
 PROTOCOL = tuple(f.name for f in fields(Result) if f.name not in MEASURED)
 FIXED = tuple(name for name in PROTOCOL if name != "options")  # the protocol columns every table has
 SECTION = ("experiment", "model", "first_last_bits", "granularity", "symmetry", "observer", "placement")
 SECTION += ("protocol", "num_samples", "test_samples")
 SUMMARY_COLUMNS = (*FIXED, "seeds", "seed_list", "fp_top1", "top1_mean", "top1_std")
-SUMMARY_COLUMNS += ("ptq_top1_mean", "ptq_top1_std", "wall_time_s", "student_time_s")  # then the options
+SUMMARY_COLUMNS += ("ptq_top1_mean", "ptq_top1_std", "wall_time_s", *RECORDED)  # then the options
 # Columns that tables written before them lack, with the value all of their runs had
-ADDED_COLUMNS = {"pad_crop": "0", "student_time_s": ""}
+ADDED_COLUMNS = {"pad_crop": "0"} | dict.fromkeys(RECORDED, "")
 # how a row label names a recipe field in which rows of one data source differ
 RECIPE_LABELS = {"iterations": "{} it", "pad_crop": "crop {}"}
 MARKDOWN_COLUMNS = {
@@ -109,6 +112,8 @@ MARKDOWN_COLUMNS = {
     "top1": "top-1 %",
     "wall_time_s": "wall time (s)",
     "student_time_s": "student minutes",
+    "weight_bytes": "weights (KiB)",
+    "bops": "GBOPs",
 }
 
 
@@ -226,13 +231,22 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
                 num_samples=int(recipe.num_samples),
                 iterations=int(recipe.get("iterations") or 0) if synthesized else 0,
                 pad_crop=int(recipe.get("pad_crop") or 0) if synthesized else 0,
-                options=record_options(records),
+                options=record_options([*precision_records(accuracy), *records]),
                 top1=float(records[-1]["top1"]),
                 ptq_top1=float(records[0]["top1"]),
                 student_time_s=student_time(records),
+                weight_bytes=accuracy.get("size", {}).get("weight_bytes"),
+                bops=accuracy.get("size", {}).get("bops"),
             )
         )
     return results
+
+
+def precision_records(accuracy: dict[str, Any]) -> list[dict[str, Any]]:
+    """The mixed-precision choice of a source as a record (its columns: `mixed_precision`,
+    `mixed_precision.budget`, ...); none for one width for all."""
+    choice = accuracy.get("mixed_precision")
+    return [{"name": "mixed_precision", "options": choice["options"]}] if choice else []
 
 
 def student_time(records: Sequence[dict[str, Any]]) -> float | None:
@@ -277,7 +291,7 @@ class Tally:
     ptq_top1: tuple[float, float]
     fp_top1: float  # means
     wall_time_s: float
-    student_time_s: tuple[float, int]  # summed over the runs that record it, and their number
+    recorded: tuple[tuple[float, int], ...]  # per RECORDED name: summed where recorded, and count
 
     @classmethod
     def of(cls, result: Result) -> Tally:
@@ -287,7 +301,10 @@ class Tally:
             (result.ptq_top1, 0.0),
             result.fp_top1,
             result.wall_time_s,
-            (0.0, 0) if result.student_time_s is None else (result.student_time_s, 1),
+            tuple(
+                (0.0, 0) if value is None else (value, 1)
+                for value in (getattr(result, name) for name in RECORDED)
+            ),
         )
 
     def __add__(self, other: Tally) -> Tally:
@@ -306,16 +323,12 @@ class Tally:
             moments(self.ptq_top1, other.ptq_top1),
             mean(self.fp_top1, other.fp_top1),
             mean(self.wall_time_s, other.wall_time_s),
-            (
-                self.student_time_s[0] + other.student_time_s[0],
-                self.student_time_s[1] + other.student_time_s[1],
-            ),
+            tuple((a[0] + b[0], a[1] + b[1]) for a, b in zip(self.recorded, other.recorded, strict=True)),
         )
 
     def summary(self) -> dict[str, Any]:
         """The measured columns of a table row."""
         n = len(self.seeds)
-        total, timed = self.student_time_s
 
         def std(moments: tuple[float, float]) -> float | None:
             return math.sqrt(moments[1] / (n - 1)) if n > 1 else None
@@ -329,7 +342,9 @@ class Tally:
             "ptq_top1_mean": self.ptq_top1[0],
             "ptq_top1_std": std(self.ptq_top1),
             "wall_time_s": self.wall_time_s,
-            "student_time_s": total / timed if timed else None,
+        } | {
+            name: total / count if count else None
+            for name, (total, count) in zip(RECORDED, self.recorded, strict=True)
         }
 
 
@@ -445,14 +460,15 @@ def table_tally(row: dict[str, str], path: str | Path) -> Tally:
             raise ResultsError(f"{path}: {name}_std is empty in a row of {len(seeds)} seeds")
         return float(row[f"{name}_mean"]), float(std or 0.0) ** 2 * (len(seeds) - 1)
 
-    student = row.get("student_time_s")
     return Tally(
         seeds,
         moments("top1"),
         moments("ptq_top1"),
         float(row["fp_top1"]),
         float(row["wall_time_s"]),
-        (float(student) * len(seeds), len(seeds)) if student else (0.0, 0),
+        tuple(
+            (float(row[name]) * len(seeds), len(seeds)) if row.get(name) else (0.0, 0) for name in RECORDED
+        ),
     )
 
 
@@ -579,9 +595,16 @@ def long_row(row: dict[str, Any], options: Sequence[str] = ()) -> list[str]:
         "fp_top1": f"{row['fp_top1']:.2f}",
         "top1": accuracy(row["top1_mean"], row["top1_std"]),
         "wall_time_s": f"{row['wall_time_s']:.0f}",
-        "student_time_s": "-" if row["student_time_s"] is None else f"{row['student_time_s'] / 60:.1f}",
+        "student_time_s": optional(row["student_time_s"], 60, "{:.1f}"),
+        "weight_bytes": optional(row.get("weight_bytes"), 1024, "{:.1f}"),
+        "bops": optional(row.get("bops"), 1e9, "{:.3f}"),
     }
     return [str(values[name]) for name in MARKDOWN_COLUMNS] + [str(row.get(name, "-")) for name in options]
+
+
+def optional(value: float | None, unit: float, form: str) -> str:
+    """A recorded measurement in `unit`s, or `-` where a row's runs did not record it."""
+    return "-" if value is None else form.format(value / unit)
 
 
 def to_markdown(rows: Sequence[dict[str, Any]], title: str = "Results") -> str:

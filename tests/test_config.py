@@ -23,6 +23,7 @@ from dfq.ranges import Range
 CONF = Path(__file__).resolve().parents[1] / "dfq" / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
 OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("*.yaml"))]
+NEEDED = {"mixed_precision/saved": ["mixed_precision.path=widths.yaml"]}  # options with a value to set
 
 register_configs()
 
@@ -40,7 +41,7 @@ def test_top_level_conf_is_the_package_conf():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}/{o}" for g, o in OPTIONS])
 def test_every_option_composes_and_validates(group: str, option: str):
-    cfg = compose_run(f"{group}={option}")
+    cfg = compose_run(f"{group}={option}", *NEEDED.get(f"{group}/{option}", []))
     config = validate(cfg)
     assert isinstance(config, RunConfig)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
@@ -58,6 +59,11 @@ def test_typo_in_key_names_key_and_valid_keys():
     with pytest.raises(ConfigError, match="granularity"):
         check_overrides(["-m", "quant.weight.granularty=per_tensor,per_channel"])
     check_overrides(["quant.w_bits=4", "model.arch.depth=32", "+extra=1", "generator=gaussian"])
+
+
+def test_an_option_left_unset_is_named():
+    with pytest.raises(ConfigError, match="mixed_precision.path"):
+        validate(compose_run("mixed_precision=saved"))
 
 
 def test_hydra_rejects_unknown_key_at_composition():

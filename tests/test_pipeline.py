@@ -9,9 +9,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from dfq.config import register_configs
+from dfq.config import compose_config, register_configs
 from dfq.data.sample_set import SampleSet
 from dfq.pipeline import format_table, run
+from dfq.results import aggregate, collect
+from tests.test_steps import TINY
 
 register_configs()
 
@@ -50,3 +52,31 @@ def test_two_runs_with_the_same_seed_give_equal_metrics(tmp_path: Path, monkeypa
     assert metrics[0] == metrics[1]
     first, second = (SampleSet.load(tmp_path / n / "samples" / "bn_stats.pt").x for n in ("first", "second"))
     assert torch.equal(first, second)
+
+
+def test_mixed_precision_widths_are_recorded_reused_and_kept_apart_in_the_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("DFQ_CACHE", str(tmp_path / "cache"))
+    tiny = [*TINY, "finetune=none", "paths.sample_cache=${paths.cache_dir}/samples"]
+    choose = [
+        *tiny,
+        "mixed_precision=zeroq",
+        "mixed_precision.budget=3.0",
+        "mixed_precision.candidates=[2,4]",
+    ]
+
+    def source(overrides: list[str], name: str) -> dict:
+        return run(compose_config(overrides, str(tmp_path / name)), tmp_path / name)["sources"]["bn_stats"]
+
+    chosen = source(choose, "mixed")
+    planned = chosen["mixed_precision"]["planned_avg_weight_bits"]
+    assert chosen["size"]["avg_weight_bits"] == pytest.approx(planned) and planned <= 3.0
+    widths = tmp_path / "mixed" / "students" / "bn_stats" / "mixed_precision.yaml"
+    assert (widths.with_suffix(".png")).is_file()
+    reuse = [*tiny, "mixed_precision=saved", f"mixed_precision.path={widths}"]
+    again = source(reuse, "saved")
+    assert again["size"] == chosen["size"] and again["ptq_top1"] == chosen["ptq_top1"]
+    uniform = source(tiny, "uniform")
+    assert uniform["size"]["avg_weight_bits"] == 4 and "mixed_precision" not in uniform
+    rows = {row.get("mixed_precision", "none"): row for row in aggregate(collect([tmp_path]))}
+    assert set(rows) == {"zeroq", "saved", "none"} and rows["zeroq"]["mixed_precision.budget"] == "3.0"
+    assert rows["zeroq"]["weight_bytes"] == chosen["size"]["weight_bytes"] < rows["none"]["weight_bytes"]
