@@ -7,7 +7,7 @@ How reconstruction and fine-tuning recipes are chosen before any test-split run:
 
 Overrides compose as for `python -m dfq.run` (its main generator only); the samples come from (and go
 to) the shared sample cache. One JSON line per call: the overrides, synthesis seconds, and each step's
-record (options, held-out top-1, wall time).
+record (options, held-out top-1, wall time), the student's size and any mixed-precision choice.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def judge(overrides: list[str], heldout: range) -> dict:
     )
     row["overrides"] = overrides
     result = evaluate_source(teacher, samples, config, images, OPTIONS)
-    return row | {"steps": result["steps"]}
+    chosen = {"mixed_precision": result["mixed_precision"]} if "mixed_precision" in result else {}
+    return row | {"steps": result["steps"], "size": result["size"]} | chosen
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,8 @@ the measured top-1 of chosen points (and of uniform widths, for comparison) on a
 
 from __future__ import annotations
 
+import json
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,3 +55,28 @@ def plot_frontier(
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)
+
+
+def measured_points(
+    roots: Sequence[str | Path], a_bits: int, kind: str = "avg_weight_bits"
+) -> list[MeasuredPoint]:
+    """Mean top-1 and size per setting (mixed at each budget, uniform at each width) of the runs under
+    `roots` whose activations are at `a_bits`, read from their metrics.json (seeds averaged)."""
+    groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    for path in sorted(p for root in roots for p in Path(root).rglob("metrics.json")):
+        metrics = json.loads(path.read_text())
+        if int(metrics["a_bits"]) != a_bits:
+            continue
+        for result in metrics["sources"].values():
+            if "size" not in result:
+                continue
+            choice = result.get("mixed_precision")
+            label = f"mixed {choice['options'].get('budget')}" if choice else f"W{metrics['w_bits']}A{a_bits}"
+            top1 = result["steps"][-1]["top1"]
+            groups.setdefault((label, bool(choice)), []).append((result["size"][kind], top1))
+    return [
+        MeasuredPoint(
+            statistics.fmean(s for s, _ in pairs), statistics.fmean(t for _, t in pairs), label, mixed
+        )
+        for (label, mixed), pairs in sorted(groups.items())
+    ]
