@@ -76,14 +76,13 @@ def test_tensorboard_sweep_writes_one_event_file_per_job_with_its_final_top1(tmp
         assert scalars["final/fp_top1"] == pytest.approx(metrics["fp_top1"], abs=1e-4)
 
 
+# One case per path to the one-line error (override check, schema validation, a failure during the
+# run); every range message itself is checked in-process by tests/test_config.py.
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
         ("quant.w_bit=4", "did you mean 'w_bits'"),
         ("quant.w_bits=0", "quant.w_bits=0 is out of range"),
-        ("generator.num_samples=-5", "generator.num_samples=-5 is out of range"),
-        ("generator.lr=-1", "generator.lr=-1.0 is out of range; valid: > 0"),
-        ("seed=-1", "seed=-1 is out of range"),
         (
             " ".join([*TINY, "calibrate.num_samples=100000"]),
             "calibrate.num_samples=100000 exceeds the 32 samples the set holds",

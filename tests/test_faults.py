@@ -60,11 +60,28 @@ def run_job(*args: str) -> subprocess.Popen:
     )
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The result file of each job run without interruption, made once for both signals."""
+    made: dict[str, Path] = {}
+
+    def result(kind: str) -> Path:
+        if kind not in made:
+            root = tmp_path_factory.mktemp(f"uninterrupted_{kind}")
+            checkpoints = [str(root / "ckpt")] if kind == "distill" else []
+            job = run_job(kind, *checkpoints, str(root / "result.pt"))
+            assert job.wait(timeout=300) == 0, job.stderr.read().decode()[-2000:]
+            made[kind] = root / "result.pt"
+        return made[kind]
+
+    return result
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_interrupted_distillation_resumes_to_the_uninterrupted_result(tmp_path: Path, signum: int):
-    reference = run_job("distill", str(tmp_path / "ref_ckpt"), str(tmp_path / "reference.pt"))
-    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-2000:]
+def test_interrupted_distillation_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, signum: int, uninterrupted
+):
 
     checkpoints = tmp_path / "ckpt"
     job = run_job("distill", str(checkpoints), str(tmp_path / "resumed.pt"))
@@ -79,7 +96,7 @@ def test_interrupted_distillation_resumes_to_the_uninterrupted_result(tmp_path: 
 
     again = run_job("distill", str(checkpoints), str(tmp_path / "resumed.pt"))
     assert again.wait(timeout=300) == 0, again.stderr.read().decode()[-2000:]
-    expected, resumed = torch.load(tmp_path / "reference.pt"), torch.load(tmp_path / "resumed.pt")
+    expected, resumed = torch.load(uninterrupted("distill")), torch.load(tmp_path / "resumed.pt")
     assert expected.keys() == resumed.keys()
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
@@ -107,9 +124,9 @@ def test_same_seed_gives_bit_identical_samples(tiny_entry):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_interrupted_synthesis_resumes_to_the_uninterrupted_result(tmp_path: Path, signum: int):
-    reference = run_job("synthesize", str(tmp_path / "reference.pt"))
-    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-2000:]
+def test_interrupted_synthesis_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, signum: int, uninterrupted
+):
 
     path = tmp_path / "resumed.pt"
     parts = tmp_path / "resumed.pt.parts"
@@ -127,5 +144,5 @@ def test_interrupted_synthesis_resumes_to_the_uninterrupted_result(tmp_path: Pat
 
     again = run_job("synthesize", str(path))
     assert again.wait(timeout=300) == 0, again.stderr.read().decode()[-2000:]
-    assert torch.equal(SampleSet.load(path).x, SampleSet.load(tmp_path / "reference.pt").x)
+    assert torch.equal(SampleSet.load(path).x, SampleSet.load(uninterrupted("synthesize")).x)
     assert not parts.exists()
