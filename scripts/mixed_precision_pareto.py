@@ -1,8 +1,8 @@
 """The Pareto plot of data-free mixed precision: one run's frontier (size against summed sensitivity)
 with the measured top-1 of mixed and uniform runs at one activation width (seeds averaged).
 
-    python scripts/mixed_precision_pareto.py outputs/mixed_precision --a-bits 8 \
-        --frontier outputs/mixed_precision/zeroq_b3.0_a8_s0 --out docs/results/mixed_precision_resnet20.png
+    python scripts/mixed_precision_pareto.py outputs/mixed_precision/{mixed,uniform_w}*a8_s? --a-bits 8 \
+        --frontier outputs/mixed_precision/mixed3.0_a8_s0 --out docs/results/mixed_precision_resnet20_a8.png
 """
 
 from __future__ import annotations

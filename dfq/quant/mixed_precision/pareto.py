@@ -61,7 +61,8 @@ def measured_points(
     roots: Sequence[str | Path], a_bits: int, kind: str = "avg_weight_bits"
 ) -> list[MeasuredPoint]:
     """Mean top-1 and size per setting (mixed at each budget, uniform at each width) of the runs under
-    `roots` whose activations are at `a_bits`, read from their metrics.json (seeds averaged)."""
+    `roots` whose activations are at `a_bits`, read from their metrics.json (seeds averaged); runs
+    ending in a later step than calibration are a point of their own (`W3A8 +distill`)."""
     groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     for path in sorted(p for root in roots for p in Path(root).rglob("metrics.json")):
         metrics = json.loads(path.read_text())
@@ -72,7 +73,9 @@ def measured_points(
                 continue
             choice = result.get("mixed_precision")
             label = f"mixed {choice['options'].get('budget')}" if choice else f"W{metrics['w_bits']}A{a_bits}"
-            top1 = result["steps"][-1]["top1"]
+            last = result["steps"][-1]
+            label += "" if last["name"] == "calibrate" else f" +{last['name']}"  # a later step: its own point
+            top1 = last["top1"]
             groups.setdefault((label, bool(choice)), []).append((result["size"][kind], top1))
     return [
         MeasuredPoint(

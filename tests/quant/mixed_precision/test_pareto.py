@@ -7,8 +7,9 @@ import pytest
 from dfq.quant.mixed_precision.pareto import measured_points, plot_frontier
 
 
-def fake_run(path, w_bits, a_bits, top1, avg_bits, budget=None):
-    source = {"steps": [{"name": "calibrate", "top1": top1}], "size": {"avg_weight_bits": avg_bits}}
+def fake_run(path, w_bits, a_bits, top1, avg_bits, budget=None, steps=("calibrate",)):
+    records = [{"name": name, "top1": top1} for name in steps]
+    source = {"steps": records, "size": {"avg_weight_bits": avg_bits}}
     if budget is not None:
         source["mixed_precision"] = {"options": {"method": "zeroq", "budget": budget}}
     path.mkdir(parents=True)
@@ -21,8 +22,10 @@ def test_points_average_seeds_and_keep_mixed_apart(tmp_path):
     fake_run(tmp_path / "m1", 3, 8, 86.0, 2.97, budget=3.0)
     fake_run(tmp_path / "u0", 3, 8, 70.0, 3.0)
     fake_run(tmp_path / "u4", 3, 4, 20.0, 3.0)  # other activation width: left out
+    fake_run(tmp_path / "q0", 3, 8, 80.0, 3.0, steps=("calibrate", "distill"))
     points = {p.label: p for p in measured_points([tmp_path], 8)}
-    assert set(points) == {"mixed 3.0", "W3A8"}
+    assert set(points) == {"mixed 3.0", "W3A8", "W3A8 +distill"}
+    assert points["W3A8"].top1 == 70.0 and points["W3A8 +distill"].top1 == 80.0
     assert (
         points["mixed 3.0"].top1 == 87.0
         and points["mixed 3.0"].size == pytest.approx(2.98)
