@@ -4,6 +4,11 @@ exactly one per layer, the chosen widths' summed cost at most the budget."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -13,6 +18,21 @@ Table = dict[str, dict[int, float]]  # layer name -> bits -> value
 def cheapest(cost: Table) -> float:
     """The least summed cost any choice reaches."""
     return sum(min(options.values()) for options in cost.values())
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Silence the process's stdout (file descriptor 1): some HiGHS builds print
+    `HighsMipSolverData::transformNewIntegerFeasibleSolution` lines from C++ even with disp off."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def solve(sensitivity: Table, cost: Table, limit: float) -> dict[str, int]:
@@ -28,15 +48,16 @@ def solve(sensitivity: Table, cost: Table, limit: float) -> dict[str, int]:
         one_each[layers.index(name), column] = 1.0
     costs = np.array([[cost[name][bits] for name, bits in pairs]])
     scale = max(abs(limit), 1.0)  # keep the budget row near 1 for the solver's tolerances
-    result = milp(
-        c=np.array([sensitivity[name][bits] for name, bits in pairs]),
-        constraints=[
-            LinearConstraint(one_each, 1, 1),
-            LinearConstraint(costs / scale, -np.inf, limit / scale + 1e-9),
-        ],
-        integrality=np.ones(len(pairs)),
-        bounds=Bounds(0, 1),
-    )
+    with quiet_stdout():
+        result = milp(
+            c=np.array([sensitivity[name][bits] for name, bits in pairs]),
+            constraints=[
+                LinearConstraint(one_each, 1, 1),
+                LinearConstraint(costs / scale, -np.inf, limit / scale + 1e-9),
+            ],
+            integrality=np.ones(len(pairs)),
+            bounds=Bounds(0, 1),
+        )
     if result.x is None:
         raise ValueError(f"no choice of widths meets budget {limit:.6g}: {result.message}")
     return {name: bits for (name, bits), x in zip(pairs, result.x, strict=True) if x > 0.5}

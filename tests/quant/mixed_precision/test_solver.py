@@ -1,10 +1,12 @@
 """The integer program against brute force, and its budget checks."""
 
 import itertools
+import os
 import random
 
 import pytest
 
+from dfq.quant.mixed_precision import solver
 from dfq.quant.mixed_precision.solver import solve, total
 
 
@@ -42,3 +44,17 @@ def test_a_budget_below_the_cheapest_choice_is_refused():
     sensitivity, cost, weights = random_case(0)
     with pytest.raises(ValueError, match="below the cheapest"):
         solve(sensitivity, cost, 1.9 * weights)
+
+
+def test_the_solvers_own_prints_are_silenced(monkeypatch, capfd):
+    real_milp = solver.milp
+
+    def chatty_milp(*args, **kwargs):  # what some HiGHS builds do from C++
+        os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
+        return real_milp(*args, **kwargs)
+
+    monkeypatch.setattr(solver, "milp", chatty_milp)
+    print("before")
+    assert solve({"a": {2: 1.0, 4: 0.0}}, {"a": {2: 2.0, 4: 4.0}}, 4.0) == {"a": 4}
+    print("after")
+    assert capfd.readouterr().out == "before\nafter\n"
