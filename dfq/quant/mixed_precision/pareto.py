@@ -1,5 +1,5 @@
-"""The Pareto picture of mixed precision: size against summed sensitivity along the frontier, with
-the measured top-1 of chosen points (and of uniform widths, for comparison) on a second axis."""
+"""The Pareto picture of mixed precision: the measured top-1 of chosen points (and of uniform widths,
+for comparison) against their size, above the frontier of size against summed sensitivity."""
 
 from __future__ import annotations
 
@@ -26,31 +26,34 @@ class MeasuredPoint:
 def plot_frontier(
     frontier: Sequence[dict[str, Any]], points: Sequence[MeasuredPoint], unit: str, path: str | Path
 ) -> None:
-    """Write the frontier (left axis, log scale) and the measured points (right axis) as a PNG."""
+    """Write a PNG: the measured top-1 of each point against its size (above; filled markers after
+    calibration, hollow after a later step, a collapsed student as a triangle at the lower edge) and
+    the frontier's summed sensitivity (below, log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, left = plt.subplots(figsize=(7, 4.5))
-    left.plot([p["size"] for p in frontier], [max(p["sensitivity"], 1e-12) for p in frontier], "k.-",
-              label="least summed sensitivity")  # fmt: skip
-    left.set_yscale("log")
-    left.set_xlabel(unit)
-    left.set_ylabel("summed sensitivity (frontier)")
-    right = left.twinx()
-    for mixed, marker, name in ((True, "o", "mixed, measured"), (False, "s", "uniform, measured")):
-        chosen = [p for p in points if p.mixed == mixed]
-        if chosen:
-            colour = "C0" if mixed else "C3"
-            sizes, top1 = [p.size for p in chosen], [p.top1 for p in chosen]
-            right.plot(sizes, top1, marker, color=colour, linestyle="none", label=name)
-        for p in chosen:
-            right.annotate(f"{p.label}: {p.top1:.2f}", (p.size, p.top1), fontsize="x-small",
-                           xytext=(4, 4), textcoords="offset points")  # fmt: skip
-    right.set_ylabel("test top-1 %")
-    handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    left.legend(handles, [h.get_label() for h in handles], fontsize="small", loc="center right")
+    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 7), height_ratios=(2, 1))
+    best = max((p.top1 for p in points), default=100.0)
+    floor = min((p.top1 for p in points if p.top1 >= best / 2), default=0.0) - 4  # collapsed: at the edge
+    for p in points:
+        later, shown = "+" in p.label, max(p.top1, floor + 1)
+        colour, marker = ("C0", "o") if p.mixed else ("C3", "s")
+        marker = marker if p.top1 >= floor else "v"
+        top.plot(p.size, shown, marker, color=colour, markerfacecolor="white" if later else colour)
+        side = (-6, "right") if p.mixed else (6, "left")  # mixed labels left, uniform right
+        top.annotate(f"{p.label}: {p.top1:.2f}", (p.size, shown), fontsize="x-small", ha=side[1],
+                     xytext=(side[0], -3), textcoords="offset points")  # fmt: skip
+    top.set_ylim(floor, best + 2)
+    top.set_ylabel("test top-1 %")
+    top.set_title("blue: mixed, red: uniform; hollow: after the later step", fontsize="small")
+    top.grid(alpha=0.3)
+    bottom.plot([p["size"] for p in frontier], [max(p["sensitivity"], 1e-12) for p in frontier], "k.-")
+    bottom.set_yscale("log")
+    bottom.set_xlabel(unit)
+    bottom.set_ylabel("least summed\nsensitivity")
+    bottom.grid(alpha=0.3)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
