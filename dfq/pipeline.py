@@ -28,13 +28,11 @@ from dfq.data.source import DataSource
 from dfq.distributed import launch
 from dfq.errors import UserError
 from dfq.evaluate import top1
-from dfq.io import save_json
 from dfq.models.load import ModelEntry, build_model, normalization_from
 from dfq.quant.bn import fold_batchnorm
 from dfq.quant.export import export_quantized
-from dfq.quant.mixed_precision import MixedPrecisionConfig, choose_bits, model_size, save_widths
-from dfq.quant.mixed_precision.budget import BUDGETS
-from dfq.quant.mixed_precision.pareto import MeasuredPoint, plot_frontier
+from dfq.quant.mixed_precision import MixedPrecisionConfig, choose_bits, model_size, save_choice
+from dfq.quant.mixed_precision.plan import CHOICE_RECORD
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.prepare import quantize
 from dfq.record import log_sample_grid, record, save_grid
@@ -122,20 +120,6 @@ def evaluate_source(
         if choice:
             save_choice(choice, out_dir, result["size"], records[-1]["top1"])
     return result
-
-
-CHOICE_RECORD = ("options", "widths", "summed_sensitivity", *(f"planned_{kind}" for kind in BUDGETS))
-
-
-def save_choice(choice: dict[str, Any], out_dir: Path, size: dict[str, float], top1: float) -> None:
-    """The widths as reusable YAML (`mixed_precision.yaml`), the whole report as JSON, and the Pareto
-    plot of the frontier with this student's measured top-1."""
-    save_widths(choice["widths"], out_dir / "mixed_precision.yaml")
-    save_json(choice | {"size": size, "top1": top1}, out_dir / "mixed_precision.json")
-    if choice.get("frontier"):
-        kind = choice["options"]["budget_kind"]
-        point = MeasuredPoint(size[kind], top1, f"{kind} <= {choice['options']['budget']}")
-        plot_frontier(choice["frontier"], [point], BUDGETS[kind].unit, out_dir / "mixed_precision.png")
 
 
 TABLE_COLUMNS = {"ptq_top1": "calibrated", "reconstruct_top1": "reconstructed", "qat_top1": "fine-tuned"}

@@ -16,9 +16,10 @@ import torch
 import yaml
 from torch import nn
 
-from dfq.io import atomic_path
+from dfq.io import atomic_path, save_json
 from dfq.quant.mixed_precision.budget import BUDGETS, Accounting
 from dfq.quant.mixed_precision.cost import LAYER_KINDS, LayerShape, layer_shapes
+from dfq.quant.mixed_precision.pareto import MeasuredPoint, plot_frontier
 from dfq.quant.mixed_precision.sensitivity import SENSITIVITIES, SensitivityOptions
 from dfq.quant.mixed_precision.solver import Table, cheapest, solve, total
 from dfq.quant.policy import LayerBits, QuantPolicy, graph_order, spec_for
@@ -198,3 +199,18 @@ def load_widths(path: str | Path, layers: list[str]) -> dict[str, int]:
             raise ValueError(out_of_range(f"{path}: {name}.w_bits", bits, BIT_RANGE))
         widths[name] = int(bits)
     return widths
+
+
+# The choice's keys a run's metrics.json keeps; sensitivities and frontier stay in mixed_precision.json.
+CHOICE_RECORD = ("options", "widths", "summed_sensitivity", *(f"planned_{kind}" for kind in BUDGETS))
+
+
+def save_choice(choice: dict[str, Any], out_dir: Path, size: dict[str, float], top1: float) -> None:
+    """The widths as reusable YAML (`mixed_precision.yaml`), the whole report as JSON, and the Pareto
+    plot of the frontier with this student's measured top-1."""
+    save_widths(choice["widths"], out_dir / "mixed_precision.yaml")
+    save_json(choice | {"size": size, "top1": top1}, out_dir / "mixed_precision.json")
+    if choice.get("frontier"):
+        kind = choice["options"]["budget_kind"]
+        point = MeasuredPoint(size[kind], top1, f"{kind} <= {choice['options']['budget']}")
+        plot_frontier(choice["frontier"], [point], BUDGETS[kind].unit, out_dir / "mixed_precision.png")
