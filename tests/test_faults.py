@@ -82,7 +82,6 @@ def uninterrupted(tmp_path_factory):
 def test_interrupted_distillation_resumes_to_the_uninterrupted_result(
     tmp_path: Path, signum: int, uninterrupted
 ):
-
     checkpoints = tmp_path / "ckpt"
     job = run_job("distill", str(checkpoints), str(tmp_path / "resumed.pt"))
     deadline = time.time() + 120
@@ -127,7 +126,6 @@ def test_same_seed_gives_bit_identical_samples(tiny_entry):
 def test_interrupted_synthesis_resumes_to_the_uninterrupted_result(
     tmp_path: Path, signum: int, uninterrupted
 ):
-
     path = tmp_path / "resumed.pt"
     parts = tmp_path / "resumed.pt.parts"
     job = run_job("synthesize", str(path))

@@ -15,12 +15,14 @@ from dfq.io import atomic_path
 
 @dataclass(frozen=True)
 class MeasuredPoint:
-    """One student: its size (the budget's unit), its top-1, and a label (`mixed 3.0`, `uniform W3`)."""
+    """One student: its size (the budget's unit), its top-1, a label (`mixed 3.0`, `W3A8 +distill`),
+    whether its widths were mixed and whether a step after calibration made it."""
 
     size: float
     top1: float
     label: str
     mixed: bool = True
+    later: bool = False
 
 
 def plot_frontier(
@@ -38,10 +40,10 @@ def plot_frontier(
     best = max((p.top1 for p in points), default=100.0)
     floor = min((p.top1 for p in points if p.top1 >= best / 2), default=0.0) - 4  # collapsed: at the edge
     for p in points:
-        later, shown = "+" in p.label, max(p.top1, floor + 1)
+        shown = max(p.top1, floor + 1)
         colour, marker = ("C0", "o") if p.mixed else ("C3", "s")
         marker = marker if p.top1 >= floor else "v"
-        top.plot(p.size, shown, marker, color=colour, markerfacecolor="white" if later else colour)
+        top.plot(p.size, shown, marker, color=colour, markerfacecolor="white" if p.later else colour)
         side = (-6, "right") if p.mixed else (6, "left")  # mixed labels left, uniform right
         top.annotate(f"{p.label}: {p.top1:.2f}", (p.size, shown), fontsize="x-small", ha=side[1],
                      xytext=(side[0], -3), textcoords="offset points")  # fmt: skip
@@ -66,7 +68,7 @@ def measured_points(
     """Mean top-1 and size per setting (mixed at each budget, uniform at each width) of the runs under
     `roots` whose activations are at `a_bits`, read from their metrics.json (seeds averaged); runs
     ending in a later step than calibration are a point of their own (`W3A8 +distill`)."""
-    groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    groups: dict[tuple[str, bool, bool], list[tuple[float, float]]] = {}
     for path in sorted(p for root in roots for p in Path(root).rglob("metrics.json")):
         metrics = json.loads(path.read_text())
         if int(metrics["a_bits"]) != a_bits:
@@ -77,12 +79,12 @@ def measured_points(
             choice = result.get("mixed_precision")
             label = f"mixed {choice['options'].get('budget')}" if choice else f"W{metrics['w_bits']}A{a_bits}"
             last = result["steps"][-1]
-            label += "" if last["name"] == "calibrate" else f" +{last['name']}"  # a later step: its own point
-            top1 = last["top1"]
-            groups.setdefault((label, bool(choice)), []).append((result["size"][kind], top1))
+            later = last["name"] != "calibrate"  # a later step: its own point
+            label += f" +{last['name']}" if later else ""
+            groups.setdefault((label, bool(choice), later), []).append((result["size"][kind], last["top1"]))
     return [
         MeasuredPoint(
-            statistics.fmean(s for s, _ in pairs), statistics.fmean(t for _, t in pairs), label, mixed
+            statistics.fmean(s for s, _ in pairs), statistics.fmean(t for _, t in pairs), label, mixed, later
         )
-        for (label, mixed), pairs in sorted(groups.items())
+        for (label, mixed, later), pairs in sorted(groups.items())
     ]

@@ -31,7 +31,7 @@ def test_points_average_seeds_and_keep_mixed_apart(tmp_path):
         and points["mixed 3.0"].size == pytest.approx(2.98)
         and points["mixed 3.0"].mixed
     )
-    assert not points["W3A8"].mixed
+    assert not points["W3A8"].mixed and not points["W3A8"].later and points["W3A8 +distill"].later
     frontier = [{"size": 2.0, "sensitivity": 1.0}, {"size": 8.0, "sensitivity": 0.01}]
     plot_frontier(frontier, list(points.values()), "average weight bits", tmp_path / "pareto.png")
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
