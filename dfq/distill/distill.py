@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,45 +11,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
+from dfq.distill.batches import BatchProvider, SampleBatches
 from dfq.distill.module import DistillationModule, FinetuneConfig, distillation_loss
 from dfq.faults import AtomicCheckpointIO, FiniteLossGuard, fit
 from dfq.progress import StepProgress
 from dfq.speed import SpeedConfig
-
-
-class EpochShuffle(Sampler[int]):
-    """A fresh permutation each epoch, drawn from (seed, epoch) alone: a run resumed at epoch k sees
-    the same order as an uninterrupted one (Lightning calls `set_epoch`)."""
-
-    def __init__(self, count: int, seed: int) -> None:
-        self.count, self.seed, self.epoch = count, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.count, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.count
-
-
-def split_holdout(
-    tensors: tuple[torch.Tensor, ...], fraction: float, seed: int
-) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
-    """Split (x, y?) into a training part and a held-out part of `fraction` (seeded; None when 0)."""
-    count = len(tensors[0])
-    held = math.floor(count * fraction)
-    if held == 0:
-        return tensors, None
-    if held >= count:
-        raise ValueError(f"finetune.holdout={fraction} leaves no training sample out of {count}")
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    train, holdout = order[held:], order[:held]
-    return tuple(t[train] for t in tensors), tuple(t[holdout] for t in tensors)
 
 
 @torch.no_grad()
@@ -65,17 +32,30 @@ def held_out_kl(student: nn.Module, teacher: nn.Module, loader: DataLoader, temp
     return total / max(count, 1)
 
 
+def batches_for(
+    x: torch.Tensor | BatchProvider, y: torch.Tensor | None, config: FinetuneConfig
+) -> tuple[BatchProvider, SampleBatches | None]:
+    """The training provider and the held-out samples (`config.holdout`; only a fixed set can be split)."""
+    provider = SampleBatches(x, y) if isinstance(x, torch.Tensor) else x
+    if not isinstance(provider, SampleBatches):
+        if config.holdout:
+            raise ValueError(f"finetune.holdout={config.holdout} needs a fixed sample set, not {type(x).__name__}")
+        return provider, None
+    return provider.split(config.holdout, config.seed)
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | BatchProvider,
     config: FinetuneConfig,
     y: torch.Tensor | None = None,
     trainer_options: dict[str, Any] | None = None,
     checkpoint_dir: str | Path | None = None,
     speed: SpeedConfig | None = None,
 ) -> nn.Module:
-    """Fine-tune the calibrated `student` towards `teacher` on inputs `x` (labels `y` optional).
+    """Fine-tune the calibrated `student` towards `teacher` on inputs `x` (labels `y` optional), or on
+    the batches of a provider (`dfq.distill.batches`).
 
     `config.holdout` > 0 keeps that fraction of the samples (never test data) aside and returns the
     student with the lowest held-out KL, the calibrated starting point included. With `checkpoint_dir`,
@@ -84,20 +64,16 @@ def distill(
     """
     if not config.active:
         return student
-    train, holdout = split_holdout((x,) if y is None else (x, y), config.holdout, config.seed)
-    loader = DataLoader(
-        TensorDataset(*train),
-        batch_size=config.batch_size,
-        sampler=EpochShuffle(len(train[0]), config.seed),
-        drop_last=len(train[0]) > config.batch_size,
-    )
-    val_loader = None if holdout is None else DataLoader(TensorDataset(*holdout), batch_size=256)
-    module = DistillationModule(student, teacher, config, config.epochs * len(loader), speed)
+    train, holdout = batches_for(x, y, config)
+    loader = train.loader(config.batch_size, config.seed)
+    steps = config.epochs * train.steps_per_epoch(config.batch_size)
+    val_loader = None if holdout is None else DataLoader(TensorDataset(*holdout.tensors), batch_size=256)
+    module = DistillationModule(student, teacher, config, steps, speed)
     if val_loader is not None:
         module.best_kl = held_out_kl(student, teacher, val_loader, config.temperature)
         module.best_state = {k: v.clone() for k, v in student.state_dict().items()}
-    progress = StepProgress(config.epochs * len(loader), "distillation")
-    callbacks, resume = [FiniteLossGuard("distillation", every=max(1, len(loader))), progress], None
+    progress = StepProgress(steps, "distillation")
+    callbacks, resume = [FiniteLossGuard("distillation", every=max(1, steps // config.epochs)), progress], None
     if checkpoint_dir is not None:
         # save_top_k=1 without a monitor keeps the latest epoch; last.ckpt is what a rerun resumes from
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1))
@@ -111,7 +87,7 @@ def distill(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=max(1, math.ceil(len(loader) / 2)),
+        log_every_n_steps=max(1, math.ceil(steps / config.epochs / 2)),
         gradient_clip_val=config.grad_clip,
         gradient_clip_algorithm="norm",
         **options,

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from dfq.distill.distill import distill, held_out_kl, split_holdout
+from dfq.distill.batches import SampleBatches
+from dfq.distill.distill import distill, held_out_kl
 from dfq.distill.module import FinetuneConfig, augment_batch, distillation_loss, mixup
 from dfq.quant.calibrate import calibrate
 from dfq.quant.policy import QuantPolicy
@@ -52,10 +53,10 @@ def test_mixup_is_a_convex_combination_and_off_at_zero():
 
 def test_holdout_split_is_disjoint_seeded_and_checked():
     x, y = torch.arange(10.0), torch.arange(10)
-    (train_x, train_y), (held_x, held_y) = split_holdout((x, y), 0.3, seed=1)
-    assert len(held_x) == 3 and len(train_x) == 7
-    assert sorted(train_x.tolist() + held_x.tolist()) == x.tolist() and torch.equal(train_x, train_y.float())
-    assert split_holdout((x,), 0.0, 0)[1] is None
+    train, held = SampleBatches(x, y).split(0.3, seed=1)
+    assert len(held.x) == 3 and len(train.x) == 7
+    assert sorted(train.x.tolist() + held.x.tolist()) == x.tolist() and torch.equal(train.x, train.y.float())
+    assert SampleBatches(x).split(0.0, 0)[1] is None
     with pytest.raises(ValueError, match="finetune.holdout=1.0"):
         FinetuneConfig(holdout=1.0)
 
@@ -77,10 +78,44 @@ def test_the_distillation_loss_decreases(tiny_entry):
     assert after < 0.7 * before
 
 
+class FreshBatches:
+    """A provider that draws new inputs every step, as a generator trained beside the student would."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def loader(self, batch_size: int, seed: int):
+        self.batch_size = batch_size
+        return self
+
+    def __iter__(self):
+        return iter([(torch.randn(self.batch_size, 3, 8, 8) * 0.7 + 0.3,) for _ in range(self.steps)])
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return self.steps
+
+
+def test_a_batch_provider_feeds_distillation(tiny_entry):
+    teacher, student, x = setup(tiny_entry)
+    config = FinetuneConfig(epochs=2, batch_size=32, lr=0.05)
+    tensor = distill(copy.deepcopy(student), teacher, x, config, trainer_options=TRAINER)
+    provided = distill(copy.deepcopy(student), teacher, SampleBatches(x), config, trainer_options=TRAINER)
+    for name, value in tensor.state_dict().items():
+        assert torch.equal(value, provided.state_dict()[name]), name  # the tensor path is this provider
+    before = held_out_kl(student, teacher, [(x,)], 1.0)
+    fresh = distill(student, teacher, FreshBatches(6), FinetuneConfig(epochs=3, lr=0.05), trainer_options=TRAINER)
+    assert held_out_kl(fresh, teacher, [(x,)], 1.0) < 0.8 * before
+    with pytest.raises(ValueError, match="finetune.holdout=0.25 needs a fixed sample set"):
+        distill(fresh, teacher, FreshBatches(1), FinetuneConfig(holdout=0.25), trainer_options=TRAINER)
+
+
 def test_holdout_selection_keeps_the_best_student_when_training_diverges(tiny_entry):
     teacher, student, x = setup(tiny_entry)
     config = FinetuneConfig(epochs=2, batch_size=32, lr=50.0, holdout=0.25)  # diverges
-    _, (held,) = split_holdout((x,), 0.25, config.seed)
+    held = SampleBatches(x).split(0.25, config.seed)[1].x
     before = held_out_kl(student, teacher, [(held,)], 1.0)
     diverged = distill(copy.deepcopy(student), teacher, x, FinetuneConfig(epochs=2, batch_size=32, lr=50.0),
                        trainer_options=TRAINER)  # fmt: skip
