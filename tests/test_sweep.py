@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(path.stem for path in (REPO / "dfq" / "conf" / "experiment").glob("*.yaml"))
 ROWS = ["real", "gaussian", "inception", "bn_stats", "bn_stats_inception", "zeroq", "deepinversion"]
 COLUMNS = ["w8a8_ptq", "w6a6_ptq", "w4a8_ptq", "w4a4_qat", "w3a3_qat"]
-MIXED = "cifar10_resnet20_mixed"  # rows: weight-bit budgets, not generators
+MIXED = ["cifar10_resnet20_mixed", "cifar10_resnet44_mixed"]  # rows: weight-bit budgets, not generators
 # The miniature: 8x8 digits, two rows, two columns, two seeds, a few samples and steps.
 TINY = [
     "model.input.image_size=8",
@@ -52,7 +52,7 @@ def test_table_experiments_exist():
     assert tables <= set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e != MIXED])
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e not in MIXED])
 def test_experiment_sweeps_the_table(experiment):
     axes = sweep_axes(experiment)
     assert axes["generator"] == ROWS and axes["bits"] == COLUMNS and len(axes["seed"]) >= 2
@@ -61,12 +61,13 @@ def test_experiment_sweeps_the_table(experiment):
     assert cfg.generator.seed == 7 and cfg.finetune.seed == 7  # every seed draws its own samples
 
 
-def test_mixed_precision_table_sweeps_budgets_and_activation_bits():
-    axes = sweep_axes(MIXED)
+@pytest.mark.parametrize("experiment", MIXED)
+def test_mixed_precision_table_sweeps_budgets_and_activation_bits(experiment):
+    axes = sweep_axes(experiment)
     assert axes["mixed_precision.budget"] == ["2.5", "3.0"] and axes["quant.a_bits"] == ["8", "4"]
     assert axes["generator"] == ["bn_stats"] and len(axes["seed"]) >= 3
     for budget in axes["mixed_precision.budget"]:
-        config = validate(compose_run(f"experiment={MIXED}", f"mixed_precision.budget={budget}"))
+        config = validate(compose_run(f"experiment={experiment}", f"mixed_precision.budget={budget}"))
         assert config.mixed_precision.active and config.mixed_precision.budget == float(budget)
 
 
