@@ -20,6 +20,7 @@ EXPERIMENTS = sorted(path.stem for path in (REPO / "dfq" / "conf" / "experiment"
 ROWS = ["real", "gaussian", "inception", "bn_stats", "bn_stats_inception", "zeroq", "deepinversion"]
 COLUMNS = ["w8a8_ptq", "w6a6_ptq", "w4a8_ptq", "w4a4_qat", "w3a3_qat"]
 MIXED = ["cifar10_resnet20_mixed", "cifar10_resnet44_mixed"]  # rows: weight-bit budgets, not generators
+PUBLISHED = ["cifar10_resnet20_published", "cifar10_resnet44_published"]  # QAT columns at the papers' budget
 # The miniature: 8x8 digits, two rows, two columns, two seeds, a few samples and steps.
 TINY = [
     "model.input.image_size=8",
@@ -52,7 +53,7 @@ def test_table_experiments_exist():
     assert tables <= set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e not in MIXED])
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e not in MIXED + PUBLISHED])
 def test_experiment_sweeps_the_table(experiment):
     axes = sweep_axes(experiment)
     assert axes["generator"] == ROWS and axes["bits"] == COLUMNS and len(axes["seed"]) >= 2
@@ -69,6 +70,18 @@ def test_mixed_precision_table_sweeps_budgets_and_activation_bits(experiment):
     for budget in axes["mixed_precision.budget"]:
         config = validate(compose_run(f"experiment={experiment}", f"mixed_precision.budget={budget}"))
         assert config.mixed_precision.active and config.mixed_precision.budget == float(budget)
+
+
+@pytest.mark.parametrize("experiment", PUBLISHED)
+def test_published_budget_tables_run_the_lineages_protocol_and_budget(experiment):
+    axes = sweep_axes(experiment)
+    assert axes["bits"] == ["w4a4_qat", "w3a3_qat"] and axes["generator"] == ["bn_stats_inception"]
+    config = validate(compose_run(f"experiment={experiment}", "bits=w3a3_qat"))
+    assert config.quant.protocol == "gdfq" and config.generator.num_samples == 5120
+    assert (config.quant.w_bits, config.quant.a_bits) == (3, 3) and config.finetune.active
+    tuning = config.finetune
+    assert (tuning.epochs, tuning.batch_size, tuning.lr, tuning.weight_decay) == (100, 256, 1e-4, 1e-4)
+    assert (tuning.temperature, tuning.distill_weight, tuning.label_weight) == (20.0, 20.0, 1.0)
 
 
 @pytest.mark.parametrize("override", [f"generator={g}" for g in ROWS] + [f"bits={b}" for b in COLUMNS])

@@ -56,14 +56,16 @@ class SampleBatches:
     def loader(self, batch_size: int, seed: int) -> DataLoader:
         count = len(self.x)
         sampler = EpochShuffle(count, seed)
-        return DataLoader(TensorDataset(*self.tensors), batch_size, sampler=sampler, drop_last=count > batch_size)
+        return DataLoader(
+            TensorDataset(*self.tensors), batch_size, sampler=sampler, drop_last=count > batch_size
+        )
 
     def steps_per_epoch(self, batch_size: int) -> int:
         count = len(self.x)
         return count // batch_size if count > batch_size else 1
 
     def map(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> SampleBatches:
-        """The same set with `transform` applied once to its inputs (a filtered view, e.g. SynQ's low-pass)."""
+        """The same set, `transform` applied once to its inputs (a filtered view: SynQ's low-pass)."""
         return SampleBatches(transform(self.x), self.y)
 
     def split(self, fraction: float, seed: int) -> tuple[SampleBatches, SampleBatches | None]:

@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dfq.distill.batches import BatchProvider, SampleBatches
-from dfq.distill.module import DistillationModule, FinetuneConfig, distillation_loss
+from dfq.distill.losses import distillation_loss, low_pass
+from dfq.distill.module import DistillationModule, FinetuneConfig
 from dfq.faults import AtomicCheckpointIO, FiniteLossGuard, fit
 from dfq.progress import StepProgress
 from dfq.speed import SpeedConfig
@@ -35,13 +36,20 @@ def held_out_kl(student: nn.Module, teacher: nn.Module, loader: DataLoader, temp
 def batches_for(
     x: torch.Tensor | BatchProvider, y: torch.Tensor | None, config: FinetuneConfig
 ) -> tuple[BatchProvider, SampleBatches | None]:
-    """The training provider and the held-out samples (`config.holdout`; only a fixed set can be split)."""
+    """The training provider and the held-out samples (`config.holdout`); with `config.low_pass`, the
+    training samples seen through SynQ's low-pass filter. Only a fixed set can be split or filtered."""
     provider = SampleBatches(x, y) if isinstance(x, torch.Tensor) else x
     if not isinstance(provider, SampleBatches):
-        if config.holdout:
-            raise ValueError(f"finetune.holdout={config.holdout} needs a fixed sample set, not {type(x).__name__}")
+        for key in ("holdout", "low_pass"):
+            if getattr(config, key):
+                raise ValueError(
+                    f"finetune.{key}={getattr(config, key)} needs a fixed sample set, not {type(x).__name__}"
+                )
         return provider, None
-    return provider.split(config.holdout, config.seed)
+    train, holdout = provider.split(config.holdout, config.seed)
+    if config.low_pass:
+        train = train.map(lambda inputs: low_pass(inputs, config.low_pass))
+    return train, holdout
 
 
 def distill(
@@ -73,7 +81,10 @@ def distill(
         module.best_kl = held_out_kl(student, teacher, val_loader, config.temperature)
         module.best_state = {k: v.clone() for k, v in student.state_dict().items()}
     progress = StepProgress(steps, "distillation")
-    callbacks, resume = [FiniteLossGuard("distillation", every=max(1, steps // config.epochs)), progress], None
+    callbacks, resume = (
+        [FiniteLossGuard("distillation", every=max(1, steps // config.epochs)), progress],
+        None,
+    )
     if checkpoint_dir is not None:
         # save_top_k=1 without a monitor keeps the latest epoch; last.ckpt is what a rerun resumes from
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1))

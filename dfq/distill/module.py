@@ -9,10 +9,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dfq.distill.losses import LABEL_FILTERS, LossInputs, distillation_loss, hard_samples, loss_terms
 from dfq.ranges import SEED_MAX, check_ranges, ranged
 from dfq.speed import SpeedConfig, prepare, to_memory_format
 from dfq.synthesis.priors import pad_crop
@@ -30,7 +30,15 @@ class FinetuneConfig:
     momentum: float = ranged(0.9, 0, 1, open_high=True)
     weight_decay: float = ranged(0.0, 0)
     temperature: float = ranged(1.0, 0, open_low=True)
+    distill_weight: float = ranged(1.0, 0)  # weight of the KL to the teacher (IntraQ/HAST/SynQ: 20)
     label_weight: float = ranged(0.0, 0)  # cross-entropy to the generator's labels, where it has them
+    label_filter: str = (
+        "none"  # which labels count (dfq.distill.losses.LABEL_FILTERS): none, entropy, difficulty
+    )
+    label_threshold: float = ranged(0.5, 0, 1)  # the filter's threshold (PLF entropy, SynQ difficulty tau)
+    cam_weight: float = ranged(0.0, 0)  # SynQ's Grad-CAM alignment with the teacher at the last conv
+    low_pass: float | None = ranged(None, 0, open_low=True)  # SynQ's Gaussian low-pass cutoff (None: off)
+    hard_step: float = ranged(0.0, 0)  # HAST's hard samples: signed-gradient step on the inputs (0: off)
     crop_padding: int = ranged(0, 0)  # random-crop augmentation: pad this many pixels, crop back
     flip: bool = False
     augment_copies: int = ranged(1, 1)  # batch augmentation: independently augmented copies of each sample
@@ -48,15 +56,10 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "finetune")
-
-
-def distillation_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """KL(teacher || student) of the softened distributions, scaled by T^2 (Hinton et al., 2015)."""
-    log_student = F.log_softmax(student_logits / temperature, dim=1)
-    log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
-    return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+        if self.label_filter not in LABEL_FILTERS:
+            raise ValueError(
+                f"finetune.label_filter={self.label_filter!r} is invalid; valid: {list(LABEL_FILTERS)}"
+            )
 
 
 def augment(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
@@ -143,19 +146,33 @@ class DistillationModule(pl.LightningModule):
         labels = batch[1] if len(batch) > 1 else None
         x, labels = augment_batch(batch[0], labels, c.augment_copies, c.crop_padding, c.flip)
         x, perm, lam = mixup(x, c.mixup)
-        x = to_memory_format(x, self.speed)
+        x = to_memory_format(x, self.speed).requires_grad_(c.hard_step > 0)
+        terms = self.terms(x, labels, perm, lam)
+        loss = sum(terms.values())
+        if c.hard_step > 0:  # HAST: the same loss again on harder copies of the batch
+            harder = self.terms(hard_samples(x, loss, c.hard_step), labels, perm, lam, cam=False)
+            terms |= {f"{name}_hard": value for name, value in harder.items()}
+            loss = loss + sum(harder.values())
+        for name, value in terms.items():
+            self.log(f"distill/{name}", value.detach(), on_step=True, on_epoch=True)
+        self.log("distill/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def terms(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None,
+        perm: torch.Tensor | None,
+        lam: float,
+        cam: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """The weighted loss terms (dfq.distill.losses) of one batch."""
         with torch.no_grad():
             teacher_logits = self.runners["teacher"](x)
         student_logits = self.runners["student"](x)
-        loss = distillation_loss(student_logits, teacher_logits, c.temperature)
-        if c.label_weight and labels is not None:
-            cross_entropy = F.cross_entropy(student_logits, labels)
-            if perm is not None:
-                mixed = F.cross_entropy(student_logits, labels[perm])
-                cross_entropy = lam * cross_entropy + (1.0 - lam) * mixed
-            loss = loss + c.label_weight * cross_entropy
-        self.log("distill/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
-        return loss
+        mix = None if perm is None else (perm, lam)
+        batch = LossInputs(x, labels, self.student, self.teacher, student_logits, teacher_logits, mix)
+        return loss_terms(batch, self.config, skip=() if cam else ("cam",))
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x = batch[0]

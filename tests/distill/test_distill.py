@@ -11,7 +11,8 @@ from torch import nn
 
 from dfq.distill.batches import SampleBatches
 from dfq.distill.distill import distill, held_out_kl
-from dfq.distill.module import FinetuneConfig, augment_batch, distillation_loss, mixup
+from dfq.distill.losses import distillation_loss
+from dfq.distill.module import FinetuneConfig, augment_batch, mixup
 from dfq.quant.calibrate import calibrate
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.prepare import quantize
@@ -106,7 +107,9 @@ def test_a_batch_provider_feeds_distillation(tiny_entry):
     for name, value in tensor.state_dict().items():
         assert torch.equal(value, provided.state_dict()[name]), name  # the tensor path is this provider
     before = held_out_kl(student, teacher, [(x,)], 1.0)
-    fresh = distill(student, teacher, FreshBatches(6), FinetuneConfig(epochs=3, lr=0.05), trainer_options=TRAINER)
+    fresh = distill(
+        student, teacher, FreshBatches(6), FinetuneConfig(epochs=3, lr=0.05), trainer_options=TRAINER
+    )
     assert held_out_kl(fresh, teacher, [(x,)], 1.0) < 0.8 * before
     with pytest.raises(ValueError, match="finetune.holdout=0.25 needs a fixed sample set"):
         distill(fresh, teacher, FreshBatches(1), FinetuneConfig(holdout=0.25), trainer_options=TRAINER)
