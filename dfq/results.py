@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dfq.distill.module import FinetuneConfig
 from dfq.errors import UserError
 from dfq.io import atomic_path
 from dfq.quant.observers import own_options
@@ -40,6 +41,15 @@ CALIBRATION_ONLY = "calibrate"  # the steps of a calibration-only (PTQ) result
 LEGACY_OPTIONS = {
     "calibrate": ("fold_bn", "bn_reestimate", "bias_correction"),
     "distill": ("epochs", "grad_clip"),
+}
+# step options added after runs recorded their steps, with the value (the default) every earlier run had
+ADDED_OPTIONS = {
+    "distill": {
+        field.name: field.default
+        for field in fields(FinetuneConfig)
+        if field.name
+        in ("distill_weight", "label_filter", "label_threshold", "cam_weight", "low_pass", "hard_step")
+    }
 }
 
 
@@ -165,6 +175,13 @@ def record_options(records: Sequence[dict[str, Any]]) -> Options:
     return tuple(sorted(pairs))
 
 
+def with_added_options(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Step records with the options added since they were written, at the value they had then."""
+    return [
+        record | {"options": ADDED_OPTIONS.get(record["name"], {}) | record["options"]} for record in records
+    ]
+
+
 def legacy_records(cfg: DictConfig, accuracy: dict[str, Any]) -> list[dict[str, Any]]:
     """The step records of a run from before metrics.json held them, rebuilt from its config.yaml with
     the options the collector read then (calibration corrections, fine-tuning epochs and clipping)."""
@@ -221,7 +238,9 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
     results = []
     for source, accuracy in metrics["sources"].items():
         recipe = source_recipe(cfg, source)
-        records = accuracy.get("steps") or legacy_records(cfg, accuracy)
+        records = (
+            with_added_options(accuracy["steps"]) if "steps" in accuracy else legacy_records(cfg, accuracy)
+        )
         synthesized = recipe.get("source") == "synthesis"
         results.append(
             Result(
@@ -410,7 +429,8 @@ def read_table(path: str | Path) -> dict[tuple, Tally]:
             "(a table without seed lists cannot be extended; collect its run directories instead)"
         )
     try:
-        return {protocol_key(legacy_row(row) if legacy else row): table_tally(row, path) for row in rows}
+        keys = [protocol_key(legacy_row(row)) if legacy else protocol_key(row, ADDED_OPTIONS) for row in rows]
+        return {key: table_tally(row, path) for key, row in zip(keys, rows, strict=True)}
     except ValueError as error:
         raise ResultsError(f"{path} holds a value that is not a number where one belongs: {error}") from error
 
@@ -432,13 +452,17 @@ def legacy_row(row: dict[str, str]) -> dict[str, str]:
     return rest | new | {"steps": "calibrate+distill" if tuned else CALIBRATION_ONLY}
 
 
-def protocol_key(row: dict[str, str]) -> tuple:
+def protocol_key(row: dict[str, str], added: dict[str, dict[str, Any]] | None = None) -> tuple:
     """A CSV row's protocol, typed: the fixed columns (one added after the table was written takes
-    the value every run had before it existed), then the option columns the row fills."""
+    the value every run had before it existed), then the option columns the row fills (with `added`,
+    the step options added since at their earlier value)."""
     fixed = tuple(TYPES[name](row[name] if name in row else ADDED_COLUMNS[name]) for name in FIXED)
     known = set(SUMMARY_COLUMNS) | set(ADDED_COLUMNS)
-    filled = ((current_column(name), value) for name, value in row.items() if name not in known and value)
-    options = tuple(sorted(filled))
+    filled = {current_column(name): value for name, value in row.items() if name not in known and value}
+    for step in row["steps"].split("+") if added else ():
+        earlier = {option_column(step, key): option_text(value) for key, value in added.get(step, {}).items()}
+        filled = earlier | filled
+    options = tuple(sorted(filled.items()))
     return (*fixed, options)
 
 

@@ -201,6 +201,18 @@ def test_a_new_step_option_is_its_own_column_and_never_averaged_with_runs_that_l
     assert len(read_table(path)) == 2  # read back as two protocols
 
 
+def test_runs_from_before_an_option_existed_merge_with_runs_at_its_default(tmp_path):
+    fake_run(tmp_path / "a", "bn_stats", (4, 4), 0, 86.0, qat=88.0)  # recorded before the SynQ terms
+    today = {"distill_weight": 1.0, "label_filter": "none", "label_threshold": 0.5, "cam_weight": 0.0,
+             "low_pass": None, "hard_step": 0.0}  # fmt: skip
+    fake_run(tmp_path / "b", "bn_stats", (4, 4), 1, 86.0, qat=90.0, distill_options=today)
+    synq = today | {"cam_weight": 50.0}
+    fake_run(tmp_path / "c", "bn_stats", (4, 4), 2, 86.0, qat=91.0, distill_options=synq)
+    rows = aggregate(collect([tmp_path]))
+    tuned = sorted((r["distill.cam_weight"], r["seed_list"]) for r in rows if r["steps"] != "calibrate")
+    assert tuned == [("0.0", "0 1"), ("50.0", "2")]
+
+
 def test_runs_and_tables_from_before_step_records_read_as_the_same_protocol(tmp_path):
     fake_run(tmp_path / "old" / "0", "real", (4, 4), 0, 80.0, qat=85.0, grad_clip=1.0, records=False)
     (old,) = aggregate(collect([tmp_path / "old"]))
@@ -305,8 +317,9 @@ def test_report_files(sweep, tmp_path):
         rows = list(csv.DictReader(file))
     assert tuple(rows[0])[: len(SUMMARY_COLUMNS)] == SUMMARY_COLUMNS and len(rows) == 4
     assert tuple(rows[0])[len(SUMMARY_COLUMNS) :] == ("calibrate.batch_size", "calibrate.bias_correction",
-        "calibrate.bn_reestimate", "calibrate.fold_bn", "calibrate.num_samples", "distill.epochs",
-        "distill.grad_clip", "distill.lr")  # fmt: skip
+        "calibrate.bn_reestimate", "calibrate.fold_bn", "calibrate.num_samples", "distill.cam_weight",
+        "distill.distill_weight", "distill.epochs", "distill.grad_clip", "distill.hard_step",
+        "distill.label_filter", "distill.label_threshold", "distill.low_pass", "distill.lr")  # fmt: skip
     assert rows[0]["data_source"] == "real" and float(rows[0]["top1_mean"]) == pytest.approx(91.0)
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 10_000
     assert not list((tmp_path / "out").glob(".*tmp"))  # written atomically, nothing left over
