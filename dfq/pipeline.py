@@ -104,6 +104,10 @@ def evaluate_source(
     to `out_dir/quantized.pt` + `.json` (`python -m dfq.evaluate` reads it), with the mixed-precision
     widths, report and Pareto plot, unless `export` is False (ranks other than 0).
     """
+    # the random draws of the steps (observers subsampling large layers, sensitivity probes) start
+    # from the run's seed: the student depends on the samples and the config only, not on whether
+    # the samples were just made or read from the cache, nor on the sources evaluated before
+    pl.seed_everything(config.seed, workers=True, verbose=False)
     quant, fold_bn = config.quant, config.calibrate.fold_bn
     student, base, choice = prepare_student(teacher.module, samples, quant, fold_bn, config.mixed_precision)
     context = StepContext(teacher.module, samples, trainer_options, out_dir, config.speed, base)

@@ -16,8 +16,9 @@ from dfq.data.sample_set import SampleSet
 from dfq.distill.distill import distill
 from dfq.distill.module import FinetuneConfig
 from dfq.evaluate import top1
-from dfq.pipeline import compress, limit, load_teacher, run
+from dfq.pipeline import compress, evaluate_source, limit, load_teacher, run
 from dfq.quant.calibrate import CalibrateConfig
+from dfq.quant.observers import SampleObserver
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.prepare import quantize
 from dfq.results import aggregate, collect
@@ -26,6 +27,29 @@ from dfq.steps import STEPS, StepContext, check_steps, run_steps
 TINY = ["dataset.image_size=8", "model.input.image_size=8", "model.train_if_missing.epochs=3",
         "generator.num_samples=32", "generator.batch_size=16", "generator.iterations=5", "compare=none",
         "finetune.epochs=2", "finetune.crop_padding=0", "logger=none", "paths.sample_cache=null"]  # fmt: skip
+OPTIONS = {"logger": False, "enable_progress_bar": False, "accelerator": "cpu", "devices": 1}
+
+
+def test_a_student_does_not_depend_on_the_random_state_its_steps_start_from(tmp_path: Path, monkeypatch):
+    """As after a synthesis or after reading the samples from the cache: the same student either way."""
+    monkeypatch.setenv("DFQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        SampleObserver.__init__, "__defaults__", (None, None, 64)
+    )  # every observer subsamples
+    cfg = compose_config([*TINY, "finetune=none"], str(tmp_path))
+    config, data = validate(cfg), hydra.utils.instantiate(cfg.dataset)
+    teacher = load_teacher(cfg.model, data)
+    test = limit(data.split("test", teacher.normalization), 64)
+    samples = SampleSet(torch.randn(32, 1, 8, 8))  # the digits teacher: one channel
+    exported = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        evaluate_source(teacher, samples, config, test, OPTIONS, tmp_path / str(state))
+        exported.append(torch.load(tmp_path / str(state) / "quantized.pt", weights_only=False))
+    assert exported[0].keys() == exported[1].keys()
+    assert all(
+        torch.equal(exported[0][k], exported[1][k]) for k in exported[0] if torch.is_tensor(exported[0][k])
+    )
 
 
 def test_a_run_through_the_steps_gives_the_numbers_of_the_plain_chain(tmp_path: Path, monkeypatch):
