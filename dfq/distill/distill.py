@@ -81,10 +81,8 @@ def distill(
         module.best_kl = held_out_kl(student, teacher, val_loader, config.temperature)
         module.best_state = {k: v.clone() for k, v in student.state_dict().items()}
     progress = StepProgress(steps, "distillation")
-    callbacks, resume = (
-        [FiniteLossGuard("distillation", every=max(1, steps // config.epochs)), progress],
-        None,
-    )
+    callbacks = [FiniteLossGuard("distillation", every=max(1, steps // config.epochs)), progress]
+    resume = None
     if checkpoint_dir is not None:
         # save_top_k=1 without a monitor keeps the latest epoch; last.ckpt is what a rerun resumes from
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1))

@@ -32,9 +32,7 @@ class FinetuneConfig:
     temperature: float = ranged(1.0, 0, open_low=True)
     distill_weight: float = ranged(1.0, 0)  # weight of the KL to the teacher (IntraQ/HAST/SynQ: 20)
     label_weight: float = ranged(0.0, 0)  # cross-entropy to the generator's labels, where it has them
-    label_filter: str = (
-        "none"  # which labels count (dfq.distill.losses.LABEL_FILTERS): none, entropy, difficulty
-    )
+    label_filter: str = "none"  # which labels count: none, entropy (PLF), difficulty (SynQ)
     label_threshold: float = ranged(0.5, 0, 1)  # the filter's threshold (PLF entropy, SynQ difficulty tau)
     cam_weight: float = ranged(0.0, 0)  # SynQ's Grad-CAM alignment with the teacher at the last conv
     low_pass: float | None = ranged(None, 0, open_low=True)  # SynQ's Gaussian low-pass cutoff (None: off)
