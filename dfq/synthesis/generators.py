@@ -16,7 +16,7 @@ import torch
 
 from dfq.errors import UserError
 from dfq.ranges import SEED_MAX, check_ranges, ranged
-from dfq.synthesis.losses import BN_LOSSES, LOSS_NAMES, PER_SAMPLE_BN_LOSSES
+from dfq.synthesis.losses import BN_LOSSES, LABELLED_LOSSES, LOSS_NAMES, PER_SAMPLE_BN_LOSSES
 
 
 class GeneratorError(UserError):
@@ -171,10 +171,11 @@ class GeneratorConfig:
         for key, (ok, valid) in checks.items():
             if not ok:
                 raise ValueError(f"generator.{key}={getattr(self, key)!r} is invalid; expected {valid}")
-        if self.loss_weights.get("cross_entropy") and self.labels == "none":
-            raise ValueError(
-                "generator.losses has cross_entropy, which needs generator.labels=balanced or random"
-            )
+        for name in LABELLED_LOSSES:
+            if self.loss_weights.get(name) and self.labels == "none":
+                raise ValueError(
+                    f"generator.losses has {name}, which needs generator.labels=balanced or random"
+                )
 
     @property
     def loss_weights(self) -> dict[str, float]:

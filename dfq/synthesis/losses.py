@@ -89,6 +89,20 @@ def cross_entropy(ctx: LossContext) -> torch.Tensor:
     return per_sample.masked_fill(reached, 0.0).mean()
 
 
+HAST_GAMMA = 2.0  # HAST's focusing exponent for CIFAR-10 (lihuantong/HAST, run_generate_cifar10.sh)
+
+
+def hard_cross_entropy(ctx: LossContext) -> torch.Tensor:
+    """HAST (Li et al., CVPR 2023): cross-entropy to the target labels weighted by each sample's
+    difficulty (1 - p_target)^2, focal-style, so synthesis keeps samples the teacher finds hard
+    instead of driving every one to certainty (HAST's weight for CIFAR-10: 10)."""
+    if ctx.labels is None:
+        raise ValueError("hard_cross_entropy needs target labels: set generator.labels=balanced")
+    per_sample = F.cross_entropy(ctx.logits, ctx.labels, reduction="none")
+    difficulty = 1.0 - torch.exp(-per_sample)  # 1 - p_target, part of the gradient as in focal loss
+    return (difficulty.pow(HAST_GAMMA) * per_sample).mean()
+
+
 def total_variation_l2(ctx: LossContext) -> torch.Tensor:
     """Mean squared difference of neighbouring pixels (smoothness prior)."""
     x = ctx.inputs
@@ -144,6 +158,7 @@ BN_LOSSES: dict[str, Callable[[LayerStatistics], torch.Tensor]] = {
 PER_SAMPLE_BN_LOSSES = frozenset({"bn_sample_l2"})  # need BatchNormStatistics(per_sample=True)
 INPUT_LOSSES: dict[str, Callable[[LossContext], torch.Tensor]] = {
     "cross_entropy": cross_entropy,
+    "hard_cross_entropy": hard_cross_entropy,
     "tv_l2": total_variation_l2,
     "tv_l1": total_variation_l1,
     "tv_norm": total_variation_norm,
@@ -152,6 +167,7 @@ INPUT_LOSSES: dict[str, Callable[[LossContext], torch.Tensor]] = {
     "input_sample_l2": input_sample_l2_distance,
 }
 LOSS_NAMES = sorted([*BN_LOSSES, *INPUT_LOSSES])
+LABELLED_LOSSES = ("cross_entropy", "hard_cross_entropy")  # need target labels (generator.labels)
 
 
 def per_layer(name: str, ctx: LossContext) -> torch.Tensor:

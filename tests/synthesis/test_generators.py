@@ -173,6 +173,7 @@ def test_labels_follow_the_chosen_classes(tiny_entry):
         ("generator.init_std=-1.0", "init_std"),
         ("generator.schedule=step", "schedule"),
         ("generator.pad_crop=-1", "generator.pad_crop=-1 is out of range"),
+        ("+generator.losses.hard_cross_entropy=10", "hard_cross_entropy, which needs generator.labels"),
     ],
 )
 def test_bad_recipe_values_name_the_key(override: str, needle: str):

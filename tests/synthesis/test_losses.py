@@ -17,6 +17,7 @@ from dfq.synthesis.losses import (
     bn_sample_l2_distance,
     cross_entropy,
     gaussian_kl,
+    hard_cross_entropy,
     image_norm,
     input_sample_l2_distance,
     total_variation_norm,
@@ -128,6 +129,15 @@ def test_cross_entropy_leaves_samples_alone_once_their_target_is_likely_enough()
     assert logits.grad[0].abs().sum() == 0 and logits.grad[1].abs().sum() > 0
     uncapped = cross_entropy(LossContext(ctx.inputs, logits, labels, []))
     assert uncapped.item() == pytest.approx((-math.log(math.exp(2) / (math.exp(2) + 2)) + math.log(3.0)) / 2)
+
+
+def test_hard_cross_entropy_weights_each_sample_by_its_difficulty_squared():
+    # target probabilities 0.5 and 0.9: weights 0.25 and 0.01 (HAST's gamma 2)
+    logits = torch.tensor([[0.0, 0.0], [math.log(9.0), 0.0]])
+    value = hard_cross_entropy(LossContext(torch.zeros(2, 1, 2, 2), logits, torch.tensor([0, 0]), []))
+    assert value.item() == pytest.approx((0.25 * math.log(2.0) + 0.01 * -math.log(0.9)) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="hard_cross_entropy needs target labels"):
+        hard_cross_entropy(LossContext(torch.zeros(2, 1, 2, 2), logits, None, []))
 
 
 def test_input_loss_registry_names_each_published_term():
