@@ -9,12 +9,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dfq.quant.policy import graph_order
+
+if TYPE_CHECKING:  # the config holds these terms' options; its module imports this one
+    from dfq.distill.module import FinetuneConfig
+
+_LAST_CONVS: WeakKeyDictionary[nn.Module, nn.Module] = WeakKeyDictionary()
 
 
 def distillation_loss(
@@ -80,11 +87,13 @@ def low_pass(x: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 
 def last_conv(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """The last Conv2d the forward pass runs (graph order, not registration order)."""
-    names = graph_order(model, example[:1], (nn.Conv2d,))
-    if not names:
-        raise ValueError(f"finetune.cam_weight needs a Conv2d in {type(model).__name__}; it has none")
-    return model.get_submodule(names[-1])
+    """The last Conv2d the forward pass runs (graph order, not registration order), found once per model."""
+    if model not in _LAST_CONVS:
+        names = graph_order(model, example[:1], (nn.Conv2d,))
+        if not names:
+            raise ValueError(f"finetune.cam_weight needs a Conv2d in {type(model).__name__}; it has none")
+        _LAST_CONVS[model] = model.get_submodule(names[-1])
+    return _LAST_CONVS[model]
 
 
 def grad_cam(layer_output: torch.Tensor, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -127,11 +136,12 @@ class LossInputs:
     mix: tuple[torch.Tensor, float] | None = None  # mixup's permutation and weight, when mixed
 
 
-def kl_term(batch: LossInputs, config) -> torch.Tensor:
+def kl_term(batch: LossInputs, config: FinetuneConfig) -> torch.Tensor:
+    """KL to the teacher at the configured temperature."""
     return distillation_loss(batch.student_logits, batch.teacher_logits, config.temperature)
 
 
-def label_term(batch: LossInputs, config) -> torch.Tensor:
+def label_term(batch: LossInputs, config: FinetuneConfig) -> torch.Tensor:
     """Cross-entropy to the synthesis labels (filtered); under mixup, mixed as the inputs are."""
     if batch.labels is None:
         return batch.student_logits.new_zeros(())
@@ -147,7 +157,7 @@ def label_term(batch: LossInputs, config) -> torch.Tensor:
     return lam * cross_entropy(batch.labels) + (1.0 - lam) * cross_entropy(batch.labels[perm])
 
 
-def cam_term(batch: LossInputs, config) -> torch.Tensor:
+def cam_term(batch: LossInputs, config: FinetuneConfig) -> torch.Tensor:
     """SynQ's alignment: MSE between the student's and the teacher's Grad-CAM at their last conv."""
     student_layer, teacher_layer = last_conv(batch.student, batch.x), last_conv(batch.teacher, batch.x)
     _, student_cam = forward_with_cam(batch.student, student_layer, batch.x)
@@ -156,14 +166,16 @@ def cam_term(batch: LossInputs, config) -> torch.Tensor:
 
 
 # name -> (term, the FinetuneConfig field holding its weight); a term with weight 0 is not computed
-TERMS: dict[str, tuple[Callable[[LossInputs, object], torch.Tensor], str]] = {
+TERMS: dict[str, tuple[Callable[[LossInputs, FinetuneConfig], torch.Tensor], str]] = {
     "kl": (kl_term, "distill_weight"),
     "label": (label_term, "label_weight"),
     "cam": (cam_term, "cam_weight"),
 }
 
 
-def loss_terms(batch: LossInputs, config, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def loss_terms(
+    batch: LossInputs, config: FinetuneConfig, skip: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """Each active term (nonzero weight, not in `skip`), weighted by its `FinetuneConfig` field."""
     weighted = {}
     for name, (term, weight_field) in TERMS.items():
