@@ -26,7 +26,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- readme-sample:begin -->", "<!-- readme-sample:end -->"
-ROW = re.compile(r"^(\w[\w ]*?)\s{2,}([\d.]+)(?:\s+([\d.]+|-))?$")
+# a row: its name, calibrated and fine-tuned top-1 (or -), then any size columns
+ROW = re.compile(r"^(\w[\w ]*?)\s{2,}([\d.]+)(?:\s+([\d.]+|-))?(?:\s+\S+)*$")
 
 
 def cpu_name() -> str:
