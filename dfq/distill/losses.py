@@ -109,10 +109,9 @@ def grad_cam(layer_output: torch.Tensor, logits: torch.Tensor, size: tuple[int, 
     return (cam - low) / (high - low + 1e-10)
 
 
-def forward_with_cam(
-    model: nn.Module, layer: nn.Module, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and Grad-CAM of `model` on `x` at `layer` (grad enabled even for a frozen teacher)."""
+def forward_with_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM of `model` on `x` at `layer`, from a forward pass of its own (grad enabled even for a
+    frozen teacher)."""
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
     try:
@@ -120,7 +119,7 @@ def forward_with_cam(
             logits = model(x if x.requires_grad else x.detach().requires_grad_(True))
     finally:
         handle.remove()
-    return logits, grad_cam(captured[-1], logits, tuple(x.shape[-2:]))
+    return grad_cam(captured[-1], logits, tuple(x.shape[-2:]))
 
 
 @dataclass
@@ -160,8 +159,8 @@ def label_term(batch: LossInputs, config: FinetuneConfig) -> torch.Tensor:
 def cam_term(batch: LossInputs, config: FinetuneConfig) -> torch.Tensor:
     """SynQ's alignment: MSE between the student's and the teacher's Grad-CAM at their last conv."""
     student_layer, teacher_layer = last_conv(batch.student, batch.x), last_conv(batch.teacher, batch.x)
-    _, student_cam = forward_with_cam(batch.student, student_layer, batch.x)
-    _, teacher_cam = forward_with_cam(batch.teacher, teacher_layer, batch.x)
+    student_cam = forward_with_cam(batch.student, student_layer, batch.x)
+    teacher_cam = forward_with_cam(batch.teacher, teacher_layer, batch.x)
     return F.mse_loss(student_cam, teacher_cam.detach())
 
 

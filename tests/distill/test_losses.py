@@ -67,7 +67,8 @@ class ConvPoolLinear(nn.Module):
 def test_grad_cam_is_the_relu_of_the_gradient_weighted_maps_min_max_normalized():
     torch.manual_seed(0)
     model, x = ConvPoolLinear(), torch.randn(2, 3, 6, 6)
-    logits, cam = forward_with_cam(model, last_conv(model, x), x)
+    cam = forward_with_cam(model, last_conv(model, x), x)
+    logits = model(x)
     maps = model.conv(x).detach()
     weights = model.fc.weight[logits.argmax(1)].detach().clamp(min=1e-10) / 36  # fc[c, k] / HW
     expected = torch.relu((weights[:, :, None, None] * maps).sum(1)).flatten(1)
