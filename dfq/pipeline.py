@@ -38,6 +38,7 @@ from dfq.quant.prepare import quantize
 from dfq.record import log_sample_grid, record, save_grid
 from dfq.samples import make_samples
 from dfq.steps import STEPS, StepContext, calibrate_step, run_steps
+from dfq.synthesis.batches import SYNTHESIS_TIME
 from dfq.synthesis.generators import GeneratorConfig
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             log_sample_grid(options.get("logger"), samples, teacher.normalization, f"samples/{name}")
         out_dir = run_dir / "students" / name
         results[name] = evaluate_source(teacher, samples, config, test, options, out_dir, world.is_zero)
+        if samples.meta.get(SYNTHESIS_TIME) is not None:  # the set's own time, cached or made now
+            results[name][SYNTHESIS_TIME] = samples.meta[SYNTHESIS_TIME]
     main = results[config.generator.name]
     metrics = {
         "model": teacher.name,

@@ -24,6 +24,7 @@ from dfq.errors import UserError
 from dfq.io import atomic_path
 from dfq.quant.observers import own_options
 from dfq.steps import STEPS
+from dfq.synthesis.batches import SYNTHESIS_TIME
 
 SOURCE_ORDER = (
     "real",
@@ -87,11 +88,14 @@ class Result:
     ptq_top1: float
     wall_time_s: float  # the whole run
     student_time_s: float | None  # this source's student steps (None: a run without step records)
+    synthesis_time_s: float | None  # the optimization of its samples, cached or not (None: not synthesized
+    # or made before it was recorded)
     weight_bytes: float | None  # the student's weight memory (dfq.quant.mixed_precision.model_size)
     bops: float | None  # and its bit-operations per sample (None: a run from before they were recorded)
 
 
-RECORDED = ("student_time_s", "weight_bytes", "bops")  # averaged over the runs that record them
+# averaged over the runs that record them
+RECORDED = ("student_time_s", "synthesis_time_s", "weight_bytes", "bops")
 MEASURED = ("seed", "fp_top1", "top1", "ptq_top1", "wall_time_s", *RECORDED)
 PROTOCOL = tuple(f.name for f in fields(Result) if f.name not in MEASURED)
 FIXED = tuple(name for name in PROTOCOL if name != "options")  # the protocol columns every table has
@@ -122,6 +126,7 @@ MARKDOWN_COLUMNS = {
     "top1": "top-1 %",
     "wall_time_s": "wall time (s)",
     "student_time_s": "student minutes",
+    "synthesis_time_s": "synthesis minutes",
     "weight_bytes": "weights (KiB)",
     "bops": "GBOPs",
 }
@@ -254,6 +259,7 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
                 top1=float(records[-1]["top1"]),
                 ptq_top1=float(records[0]["top1"]),
                 student_time_s=student_time(records),
+                synthesis_time_s=accuracy.get(SYNTHESIS_TIME),
                 weight_bytes=accuracy.get("size", {}).get("weight_bytes"),
                 bops=accuracy.get("size", {}).get("bops"),
             )
@@ -620,6 +626,7 @@ def long_row(row: dict[str, Any], options: Sequence[str] = ()) -> list[str]:
         "top1": accuracy(row["top1_mean"], row["top1_std"]),
         "wall_time_s": f"{row['wall_time_s']:.0f}",
         "student_time_s": optional(row["student_time_s"], 60, "{:.1f}"),
+        "synthesis_time_s": optional(row.get("synthesis_time_s"), 60, "{:.1f}"),
         "weight_bytes": optional(row.get("weight_bytes"), 1024, "{:.1f}"),
         "bops": optional(row.get("bops"), 1e9, "{:.3f}"),
     }

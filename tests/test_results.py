@@ -271,6 +271,21 @@ def test_student_time_is_the_sum_of_a_sources_step_times(tmp_path):
     assert merged[0]["student_time_s"] is None
 
 
+def test_synthesis_time_is_averaged_over_the_seeds_that_record_it(tmp_path):
+    for seed, seconds in ((0, 600.0), (1, 1200.0), (2, None)):  # seed 2: a set made before it was recorded
+        run_dir = fake_run(tmp_path / str(seed), "bn_stats", (4, 4), seed, 80.0, qat=84.0)
+        metrics_path = run_dir / "metrics.json"
+        metrics = json.loads(metrics_path.read_text())
+        if seconds is not None:
+            metrics["sources"]["bn_stats"]["synthesis_time_s"] = seconds
+        metrics_path.write_text(json.dumps(metrics))
+    (row,) = aggregate(collect([tmp_path]))
+    assert row["seed_list"] == "0 1 2" and row["synthesis_time_s"] == 900.0
+    assert "| 15.0 |" in to_markdown([row])  # minutes
+    path = write_report([tmp_path], tmp_path / "t")["csv"]
+    assert aggregate([], [read_table(path)])[0]["synthesis_time_s"] == 900.0
+
+
 def test_a_steps_method_is_the_column_named_after_the_step():
     records = [{"name": "reconstruct", "options": {"method": "genie", "iterations": 1000}}]
     assert record_options(records) == (("reconstruct", "genie"), ("reconstruct.iterations", "1000"))

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 # Recipe fields that do not change the samples of a batch: a part made under other values is reused.
 RESUME_IGNORED = ("num_samples", "log_every")
+SYNTHESIS_TIME = "synthesis_time_s"  # metadata key: seconds spent optimizing a batch, or a whole set
 
 
 def batch_sizes(total: int, batch_size: int) -> list[int]:
@@ -162,11 +164,18 @@ def part_file(parts_dir: Path, index: int) -> Path:
     return parts_dir / f"batch_{index:05d}.pt"
 
 
+def synthesis_time(parts: list[SampleSet]) -> float | None:
+    """Seconds the batches took to optimize, summed over runs that resumed them (None when a batch was
+    made by a dfq that did not record it)."""
+    times = [part.meta.get(SYNTHESIS_TIME) for part in parts]
+    return None if None in times else round(sum(times), 3)
+
+
 def write_set(
     parts: list[SampleSet], meta: dict[str, Any], path: str | Path | None, parts_dir: Path | None
 ) -> SampleSet:
     """The finished batches as one set, written to `path` (when given) before their parts are removed."""
-    samples = SampleSet.concatenate(parts, meta)
+    samples = SampleSet.concatenate(parts, {**meta, SYNTHESIS_TIME: synthesis_time(parts)})
     if path:
         samples.save(path)
         shutil.rmtree(parts_dir, ignore_errors=True)
@@ -195,8 +204,9 @@ def make_parts(
                 log.info("synthesizing batch %d/%d (%d samples, %d iterations)", index + 1, len(sizes),
                          size, recipe.iterations)  # fmt: skip
                 runner = runner or teacher_runner(teacher, recipe, speed)
+                start = time.perf_counter()
                 part = synthesize_batch(teacher, recipe, index, size, trainer_options, runner, len(sizes))
-                part.meta = meta
+                part.meta = {**meta, SYNTHESIS_TIME: round(time.perf_counter() - start, 3)}
                 if part_path:
                     part.save(part_path)
             parts.append(part)

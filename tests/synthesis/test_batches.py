@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,46 @@ def test_resume_after_interruption_gives_the_same_file(tiny_entry, tmp_path: Pat
     assert calls == [0, 1, 2, 2]  # finished batches were not redone
     whole, resumed = SampleSet.load(tmp_path / "whole.pt"), SampleSet.load(tmp_path / "resumed.pt")
     assert torch.equal(whole.x, resumed.x) and torch.equal(whole.y, resumed.y)
-    assert whole.meta == resumed.meta
+    timed = synthesize_module.SYNTHESIS_TIME
+    assert {**whole.meta, timed: None} == {**resumed.meta, timed: None}
     assert not (tmp_path / "resumed.pt.parts").exists()
+
+
+def interrupt_at(index: int, monkeypatch) -> None:
+    """Make synthesis stop (as a killed machine would) when it reaches batch `index`."""
+    real_batch = synthesize_module.synthesize_batch
+
+    def interrupted(teacher, recipe, at, *rest):
+        if at == index:
+            raise KeyboardInterrupt
+        return real_batch(teacher, recipe, at, *rest)
+
+    monkeypatch.setattr(synthesize_module, "synthesize_batch", interrupted)
+
+
+@pytest.mark.parametrize("earlier", [(100.0, 20.5), (100.0, None)])
+def test_a_set_records_the_seconds_its_batches_took_summed_over_resumed_runs(
+    tiny_entry, tmp_path: Path, monkeypatch, earlier
+):
+    recipe, path = GeneratorConfig(**RECIPE), tmp_path / "s.pt"
+    interrupt_at(2, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(tiny_entry, recipe, path)
+    monkeypatch.undo()
+    timed = synthesize_module.SYNTHESIS_TIME
+    for index, seconds in enumerate(earlier):  # as if the first run had spent these (None: an older dfq)
+        part = SampleSet.load(synthesize_module.part_file(Path(f"{path}.parts"), index))
+        assert part.meta[timed] > 0
+        part.meta = {key: value for key, value in part.meta.items() if key != timed}
+        part.meta |= {} if seconds is None else {timed: seconds}
+        part.save(synthesize_module.part_file(Path(f"{path}.parts"), index))
+    start = time.perf_counter()
+    total = synthesize(tiny_entry, recipe, path).meta[timed]
+    if None in earlier:
+        assert total is None  # a batch of unknown cost: no total rather than a wrong one
+    else:
+        assert 120.5 < total <= 120.5 + time.perf_counter() - start  # plus the third batch, made now
+    assert SampleSet.load(path).meta[timed] == total
 
 
 def test_finished_file_is_reused_and_a_changed_recipe_is_redone(tiny_entry, tmp_path: Path, monkeypatch):
