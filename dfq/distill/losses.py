@@ -7,7 +7,8 @@ Every term but the KL is off by default; `FinetuneConfig` holds their weights, `
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
@@ -109,16 +110,29 @@ def grad_cam(layer_output: torch.Tensor, logits: torch.Tensor, size: tuple[int, 
     return (cam - low) / (high - low + 1e-10)
 
 
+@contextmanager
+def capture_output(layer: nn.Module, leaf: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Collect `layer`'s outputs while inside; with `leaf`, each is replaced by a detached copy that
+    requires grad, so a frozen network's Grad-CAM needs a graph only from the layer on."""
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        output = output.detach().requires_grad_(True) if leaf else output
+        captured.append(output)
+        return output
+
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 def forward_with_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Grad-CAM of `model` on `x` at `layer`, from a forward pass of its own (grad enabled even for a
     frozen teacher)."""
-    captured: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
-    try:
-        with torch.enable_grad():
-            logits = model(x if x.requires_grad else x.detach().requires_grad_(True))
-    finally:
-        handle.remove()
+    with capture_output(layer) as captured, torch.enable_grad():
+        logits = model(x if x.requires_grad else x.detach().requires_grad_(True))
     return grad_cam(captured[-1], logits, tuple(x.shape[-2:]))
 
 
@@ -133,6 +147,9 @@ class LossInputs:
     student_logits: torch.Tensor
     teacher_logits: torch.Tensor
     mix: tuple[torch.Tensor, float] | None = None  # mixup's permutation and weight, when mixed
+    # (student, teacher) last-conv outputs and logits, captured in the forward passes above, so that
+    # the CAM term needs no passes of its own (None: it runs them; the teacher's logits then detached)
+    cam_inputs: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def kl_term(batch: LossInputs, config: FinetuneConfig) -> torch.Tensor:
@@ -158,9 +175,15 @@ def label_term(batch: LossInputs, config: FinetuneConfig) -> torch.Tensor:
 
 def cam_term(batch: LossInputs, config: FinetuneConfig) -> torch.Tensor:
     """SynQ's alignment: MSE between the student's and the teacher's Grad-CAM at their last conv."""
-    student_layer, teacher_layer = last_conv(batch.student, batch.x), last_conv(batch.teacher, batch.x)
-    student_cam = forward_with_cam(batch.student, student_layer, batch.x)
-    teacher_cam = forward_with_cam(batch.teacher, teacher_layer, batch.x)
+    size = tuple(batch.x.shape[-2:])
+    if batch.cam_inputs is not None:
+        (student_out, student_logits), (teacher_out, teacher_logits) = batch.cam_inputs
+        student_cam = grad_cam(student_out, student_logits, size)
+        teacher_cam = grad_cam(teacher_out, teacher_logits, size)
+    else:
+        student_layer, teacher_layer = last_conv(batch.student, batch.x), last_conv(batch.teacher, batch.x)
+        student_cam = forward_with_cam(batch.student, student_layer, batch.x)
+        teacher_cam = forward_with_cam(batch.teacher, teacher_layer, batch.x)
     return F.mse_loss(student_cam, teacher_cam.detach())
 
 

@@ -12,7 +12,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dfq.distill.losses import LABEL_FILTERS, LossInputs, distillation_loss, hard_samples, loss_terms
+from dfq.distill.losses import (
+    LABEL_FILTERS,
+    LossInputs,
+    capture_output,
+    distillation_loss,
+    hard_samples,
+    last_conv,
+    loss_terms,
+)
 from dfq.ranges import SEED_MAX, check_ranges, ranged
 from dfq.speed import SpeedConfig, prepare, to_memory_format
 from dfq.synthesis.priors import pad_crop
@@ -164,13 +172,33 @@ class DistillationModule(pl.LightningModule):
         lam: float,
         cam: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """The weighted loss terms (dfq.distill.losses) of one batch."""
+        """The weighted loss terms (dfq.distill.losses) of one batch; SynQ's CAM term reuses these
+        forward passes through hooks, except in compiled runners (where hooks need not fire)."""
+        cam = cam and self.config.cam_weight > 0
+        if cam and not (self.speed and self.speed.compile):
+            return self.terms_with_cam(x, labels, perm, lam)
         with torch.no_grad():
             teacher_logits = self.runners["teacher"](x)
         student_logits = self.runners["student"](x)
         mix = None if perm is None else (perm, lam)
         batch = LossInputs(x, labels, self.student, self.teacher, student_logits, teacher_logits, mix)
         return loss_terms(batch, self.config, skip=() if cam else ("cam",))
+
+    def terms_with_cam(
+        self, x: torch.Tensor, labels: torch.Tensor | None, perm: torch.Tensor | None, lam: float
+    ) -> dict[str, torch.Tensor]:
+        """`terms` with both last convs' outputs captured in the forward passes for the CAM term."""
+        student_layer, teacher_layer = last_conv(self.student, x), last_conv(self.teacher, x)
+        with capture_output(teacher_layer, leaf=True) as teacher_out, torch.enable_grad():
+            teacher_logits = self.runners["teacher"](x.detach())  # a graph from the last conv on only
+        with capture_output(student_layer) as student_out:
+            student_logits = self.runners["student"](x)
+        mix = None if perm is None else (perm, lam)
+        cam_inputs = (student_out[-1], student_logits), (teacher_out[-1], teacher_logits)
+        batch = LossInputs(
+            x, labels, self.student, self.teacher, student_logits, teacher_logits.detach(), mix, cam_inputs
+        )
+        return loss_terms(batch, self.config)
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x = batch[0]

@@ -20,7 +20,7 @@ from dfq.distill.losses import (
     loss_terms,
     low_pass,
 )
-from dfq.distill.module import FinetuneConfig
+from dfq.distill.module import DistillationModule, FinetuneConfig
 from tests.distill.test_distill import TRAINER, setup
 
 # teacher probabilities of the label: 0.9, 0.5, 0.75 (difficulty 0.1, 0.5, 0.25)
@@ -89,6 +89,30 @@ def test_cam_alignment_is_zero_for_the_teacher_itself_and_trains_a_different_stu
     cam = loss_terms(loss_inputs(student, teacher, x[:8]), config)["cam"]
     cam.backward()
     assert cam.item() > 0 and any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+def test_the_cam_term_reuses_the_steps_forward_passes_with_the_same_loss_and_gradient(tiny_entry):
+    teacher, student, x = setup(tiny_entry)
+    config = FinetuneConfig(cam_weight=2.0, temperature=4.0)
+    module = DistillationModule(student, teacher, config, steps=1)
+    last_conv(student, x), last_conv(teacher, x)  # found once per model, by a traced pass
+    calls = {"student": 0, "teacher": 0}
+    for name in calls:
+        getattr(module, name).register_forward_pre_hook(
+            lambda *a, name=name: calls.__setitem__(name, calls[name] + 1)
+        )
+    reused = module.terms(x[:8], None, None, 1.0)
+    assert calls == {"student": 1, "teacher": 1}
+    sum(reused.values()).backward()
+    grads = [None if p.grad is None else p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    own = loss_terms(loss_inputs(student, teacher, x[:8]), config)  # the CAM term's own passes
+    assert calls == {"student": 3, "teacher": 3}
+    assert {k: v.item() for k, v in reused.items()} == pytest.approx({k: v.item() for k, v in own.items()})
+    sum(own.values()).backward()
+    assert any(a is not None for a in grads)
+    for a, p in zip(grads, student.parameters(), strict=True):
+        assert (a is None and p.grad is None) or torch.allclose(a, p.grad, atol=1e-6)
 
 
 def test_terms_are_weighted_by_their_fields_and_skipped_at_zero(tiny_entry):
