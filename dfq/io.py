@@ -41,3 +41,13 @@ def save_json(obj: Any, path: str | Path) -> None:
     """Write `obj` as indented JSON to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_png(figure: Any, path: str | Path) -> None:
+    """Lay out a matplotlib figure, write it to `path` as PNG atomically and release it."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dfq.errors import UserError
-from dfq.io import atomic_path
+from dfq.io import save_png
 from dfq.results import markdown_table
 
 BITS = ("W4A4", "W3A3")
@@ -112,7 +112,4 @@ def plot_drops(entries: Sequence[dict[str, Any]], model: str, path: str | Path) 
     axis.set_ylabel("drop from full precision (points)")
     axis.set_title(f"data-free QAT, CIFAR-10 {model} (hatched: published)")
     axis.legend(fontsize="small")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    save_png(figure, path)

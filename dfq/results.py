@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dfq.distill.module import FinetuneConfig
 from dfq.errors import UserError
-from dfq.io import atomic_path
+from dfq.io import atomic_path, save_png
 from dfq.quant.observers import own_options
 from dfq.steps import STEPS
 from dfq.synthesis.batches import SYNTHESIS_TIME
@@ -704,10 +704,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         axis.set_xlabel("solid: calibrated only (PTQ); dashed: later steps (QAT, ...)")
         axis.set_title(f"{members[0]['experiment']}: {members[0]['model']}")
         axis.legend(fontsize="small")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def write_report(roots: Iterable[str | Path], prefix: str | Path, title: str = "Results") -> dict[str, Path]:

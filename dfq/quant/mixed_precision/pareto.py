@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dfq.io import atomic_path
+from dfq.io import save_png
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,7 @@ def plot_frontier(
     bottom.set_xlabel(unit)
     bottom.set_ylabel("least summed\nsensitivity")
     bottom.grid(alpha=0.3)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def measured_points(
