@@ -159,6 +159,23 @@ def synthesize(
     return write_set(parts, meta, path, parts_dir)
 
 
+def synthesize_share(
+    teacher: ModelEntry,
+    recipe: GeneratorConfig,
+    path: str | Path,
+    world: World,
+    trainer_options: dict[str, Any] | None = None,
+    speed: SpeedConfig | None = None,
+) -> int:
+    """Make `world.rank`'s share of the batches (round robin, as DDP splits them) as parts beside
+    `path`, for processes started by hand without a process group: a later `synthesize(..., path)`
+    finds every part finished and only joins them. Returns how many batches this share holds."""
+    options = single_device({"logger": False, "enable_progress_bar": False, **(trainer_options or {})}, world)
+    sizes = batch_sizes(recipe.num_samples, recipe.batch_size)
+    meta, parts_dir = sample_metadata(teacher, recipe), Path(f"{path}.parts")
+    return len(make_parts(teacher, recipe, sizes, meta, parts_dir, options, speed, world))
+
+
 def part_file(parts_dir: Path, index: int) -> Path:
     """Where finished batch `index` waits until the whole set is written."""
     return parts_dir / f"batch_{index:05d}.pt"
