@@ -21,6 +21,7 @@ ROWS = ["real", "gaussian", "inception", "bn_stats", "bn_stats_inception", "zero
 COLUMNS = ["w8a8_ptq", "w6a6_ptq", "w4a8_ptq", "w4a4_qat", "w3a3_qat"]
 MIXED = ["cifar10_resnet20_mixed", "cifar10_resnet44_mixed"]  # rows: weight-bit budgets, not generators
 PUBLISHED = ["cifar10_resnet20_published", "cifar10_resnet44_published"]  # QAT columns at the papers' budget
+RECONSTRUCTION = ["cifar10_resnet20_reconstruction", "cifar10_resnet44_reconstruction"]  # PTQ by protocol
 # The miniature: 8x8 digits, two rows, two columns, two seeds, a few samples and steps.
 TINY = [
     "model.input.image_size=8",
@@ -53,7 +54,7 @@ def test_table_experiments_exist():
     assert tables <= set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e not in MIXED + PUBLISHED])
+@pytest.mark.parametrize("experiment", sorted(set(EXPERIMENTS) - {*MIXED, *PUBLISHED, *RECONSTRUCTION}))
 def test_experiment_sweeps_the_table(experiment):
     axes = sweep_axes(experiment)
     assert axes["generator"] == ROWS and axes["bits"] == COLUMNS and len(axes["seed"]) >= 2
@@ -82,6 +83,22 @@ def test_published_budget_tables_run_the_lineages_protocol_and_budget(experiment
     tuning = config.finetune
     assert (tuning.epochs, tuning.batch_size, tuning.lr, tuning.weight_decay) == (100, 256, 1e-4, 1e-4)
     assert (tuning.temperature, tuning.distill_weight, tuning.label_weight) == (20.0, 20.0, 1.0)
+
+
+@pytest.mark.parametrize("experiment", RECONSTRUCTION)
+def test_reconstruction_tables_sweep_protocols_bits_and_sources(experiment):
+    axes = sweep_axes(experiment)
+    assert axes["quant"] == ["strict", "genie", "qdrop"] and axes["generator"] == ["bn_stats", "real"]
+    assert axes["bits"] == ["w4a4_ptq", "w3a3_ptq", "w2a4_ptq"] and len(axes["seed"]) >= 3
+    for protocol in axes["quant"]:
+        for bits in axes["bits"]:
+            config = validate(compose_run(f"experiment={experiment}", f"quant={protocol}", f"bits={bits}"))
+            assert f"w{config.quant.w_bits}a{config.quant.a_bits}" == bits[:4]
+            assert config.quant.protocol == protocol and not config.finetune.active
+            assert (config.reconstruct.method, config.reconstruct.iterations) == ("genie", 1000)
+            assert config.generator.num_samples == 1024
+            # the rows land in the model's table beside the cells run before these files existed
+            assert config.experiment == experiment.removesuffix("_reconstruction")
 
 
 @pytest.mark.parametrize("override", [f"generator={g}" for g in ROWS] + [f"bits={b}" for b in COLUMNS])
