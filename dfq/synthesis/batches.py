@@ -125,6 +125,19 @@ def teacher_runner(teacher: ModelEntry, recipe: GeneratorConfig, speed: SpeedCon
     return TeacherRunner(module, recipe, teacher.name, speed)
 
 
+def finished_set(path: str | Path | None, meta: dict[str, Any], size: int) -> SampleSet | None:
+    """The complete set of the same recipe already written at `path`, if there is one."""
+    if not path or not Path(path).is_file():
+        return None
+    existing = SampleSet.load(path)
+    return existing if same_recipe(existing.meta, meta) and len(existing) == size else None
+
+
+def batch_trainer_options(trainer_options: dict[str, Any] | None, world: World) -> dict[str, Any]:
+    """The Trainer options of one rank's batches: quiet unless asked otherwise, on its own device."""
+    return single_device({"logger": False, "enable_progress_bar": False, **(trainer_options or {})}, world)
+
+
 def synthesize(
     teacher: ModelEntry,
     recipe: GeneratorConfig,
@@ -143,17 +156,15 @@ def synthesize(
     world = world or World()
     if world.size > 1 and not path:
         raise UserError("synthesis on several ranks needs an output path: the ranks gather through it")
-    trainer_options = {"logger": False, "enable_progress_bar": False, **(trainer_options or {})}
     meta = sample_metadata(teacher, recipe)
-    if path and Path(path).is_file():
-        existing = SampleSet.load(path)
-        if same_recipe(existing.meta, meta) and len(existing) == recipe.num_samples:
-            log.info("reusing the finished sample set %s", path)
-            return existing
+    existing = finished_set(path, meta, recipe.num_samples)
+    if existing is not None:
+        log.info("reusing the finished sample set %s", path)
+        return existing
     parts_dir = Path(f"{path}.parts") if path else None
     sizes = batch_sizes(recipe.num_samples, recipe.batch_size)
-    trainer_options = single_device(trainer_options, world)
-    parts = make_parts(teacher, recipe, sizes, meta, parts_dir, trainer_options, speed, world)
+    options = batch_trainer_options(trainer_options, world)
+    parts = make_parts(teacher, recipe, sizes, meta, parts_dir, options, speed, world)
     if world.size > 1:
         return gather_parts(path, parts_dir, sizes, meta, world)
     return write_set(parts, meta, path, parts_dir)
@@ -169,10 +180,14 @@ def synthesize_share(
 ) -> int:
     """Make `world.rank`'s share of the batches (round robin, as DDP splits them) as parts beside
     `path`, for processes started by hand without a process group: a later `synthesize(..., path)`
-    finds every part finished and only joins them. Returns how many batches this share holds."""
-    options = single_device({"logger": False, "enable_progress_bar": False, **(trainer_options or {})}, world)
+    finds every part finished and only joins them. Returns how many batches this share holds (none
+    when the whole set is already at `path`)."""
+    meta = sample_metadata(teacher, recipe)
+    if finished_set(path, meta, recipe.num_samples) is not None:
+        return 0
+    options = batch_trainer_options(trainer_options, world)
     sizes = batch_sizes(recipe.num_samples, recipe.batch_size)
-    meta, parts_dir = sample_metadata(teacher, recipe), Path(f"{path}.parts")
+    parts_dir = Path(f"{path}.parts")
     return len(make_parts(teacher, recipe, sizes, meta, parts_dir, options, speed, world))
 
 

@@ -47,6 +47,7 @@ def test_two_shares_fill_the_cache_and_the_run_only_joins_them(tmp_path, monkeyp
     joined = make_samples(teacher, config.generator, data, path, {"logger": False})
     assert torch.equal(joined.x, whole.x) and joined.y is None and whole.y is None
     assert path.is_file() and not Path(f"{path}.parts").exists()
+    assert script.fill(TINY, 1, 2) == path and not Path(f"{path}.parts").exists()  # nothing left to make
 
 
 @pytest.mark.parametrize(
