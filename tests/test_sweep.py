@@ -85,6 +85,28 @@ def test_published_budget_tables_run_the_lineages_protocol_and_budget(experiment
     assert (tuning.temperature, tuning.distill_weight, tuning.label_weight) == (20.0, 20.0, 1.0)
 
 
+TERMS = {  # finetune_term option -> the finetune fields it sets, on top of the experiment's recipe
+    "kl_only": {"label_weight": 0.0},
+    "plf": {"label_filter": "entropy", "label_threshold": 0.5},
+    "synq_difficulty": {"label_filter": "difficulty", "label_threshold": 0.5},
+    "synq_cam": {"cam_weight": 200.0},
+    "synq_low_pass": {"low_pass": 20.0},
+    "hast": {"hard_step": 0.01},
+}
+
+
+@pytest.mark.parametrize("term", sorted(TERMS))
+def test_a_finetune_term_changes_only_its_fields_of_the_published_recipe(term):
+    """The ablation's rows: each term lands on top of the experiment's finetune node (which sets
+    label_weight itself, so the group must compose after it) and leaves every other field alone."""
+    recipe = (f"experiment={PUBLISHED[0]}", "bits=w3a3_qat")
+    base = vars(validate(compose_run(*recipe)).finetune)
+    tuned = vars(validate(compose_run(*recipe, f"finetune_term={term}")).finetune)
+    changed = {key for key, value in tuned.items() if base[key] != value}
+    assert changed and changed <= set(TERMS[term])
+    assert {key: tuned[key] for key in TERMS[term]} == TERMS[term]
+
+
 @pytest.mark.parametrize("experiment", RECONSTRUCTION)
 def test_reconstruction_tables_sweep_protocols_bits_and_sources(experiment):
     axes = sweep_axes(experiment)
