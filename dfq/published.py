@@ -13,7 +13,7 @@ from typing import Any
 
 from dfq.errors import UserError
 from dfq.io import save_png
-from dfq.results import markdown_table
+from dfq.results import markdown_table, row_label, steps_label
 
 BITS = ("W4A4", "W3A3")
 
@@ -40,18 +40,25 @@ PUBLISHED: dict[str, tuple[Published, ...]] = {
 }
 
 
+def method_name(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """`dfq, <data source>`, with the options in which its rows differ and, where the rows ran other
+    steps, its steps' label (`REC+QAT`): two recipes never share an entry."""
+    name = f"dfq, {row_label(row, rows)}"
+    return f"{name}, {steps_label(row['steps'])}" if len({r["steps"] for r in rows}) > 1 else name
+
+
 def drop_rows(rows: Sequence[dict[str, Any]], model: str) -> list[dict[str, Any]]:
-    """One entry per method: dfq's rows of `model` (by data source; results.aggregate rows) first,
+    """One entry per method: dfq's rows of `model` (one per recipe; results.aggregate rows) first,
     then the published ones; each with {bits: (top-1, std or None, drop)}, FP, seeds and source."""
     if model not in PUBLISHED:
         raise UserError(f"no published results for model {model!r}; known: {sorted(PUBLISHED)}")
+    mine = [row for row in rows if row["model"] == model]
     ours: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if row["model"] != model:
-            continue
+    for row in mine:
+        method = method_name(row, mine)
         entry = ours.setdefault(
-            row["data_source"], {"method": f"dfq, {row['data_source']}", "fp_top1": float(row["fp_top1"]),
-                                 "cells": {}, "seeds": {}, "source": "this table"},
+            method, {"method": method, "fp_top1": float(row["fp_top1"]), "cells": {}, "seeds": {},
+                     "source": "this table"},
         )  # fmt: skip
         bits = f"W{row['w_bits']}A{row['a_bits']}"
         std = None if row["top1_std"] in (None, "") else float(row["top1_std"])

@@ -38,3 +38,18 @@ def test_the_script_writes_table_and_plot_and_names_an_unknown_model(tmp_path, c
     assert "no published results for model 'resnet44'; known: ['resnet20']" in capsys.readouterr().err
     with pytest.raises(UserError, match="no rows of model 'resnet20'"):
         drop_rows([{**aggregate(collect([tmp_path / "runs"]))[0], "model": "resnet56"}], "resnet20")
+
+
+def test_recipes_of_one_source_keep_entries_of_their_own(tmp_path):
+    """A filtered fine-tuning and a reconstructed start are other recipes than the plain QAT of the
+    same samples: each is its own method, never averaged into (or overwriting) the plain row."""
+    fake_run(tmp_path / "runs" / "plain", "bn_stats_inception", (3, 3), 0, 60.0, qat=83.0)
+    plf = {"label_filter": "entropy"}
+    fake_run(tmp_path / "runs" / "plf", "bn_stats_inception", (3, 3), 0, 60.0, qat=84.0, distill_options=plf)
+    rows = aggregate(collect([tmp_path / "runs"]))
+    reconstructed = {**rows[0], "steps": "calibrate+reconstruct+distill", "top1_mean": 86.0}
+    entries = drop_rows([*rows, reconstructed], "resnet20")[:3]
+    assert sorted(e["cells"]["W3A3"][0] for e in entries) == [83.0, 84.0, 86.0]
+    assert len({e["method"] for e in entries}) == 3
+    assert any(e["method"].endswith(", REC+QAT") and e["cells"]["W3A3"][0] == 86.0 for e in entries)
+    assert any("label_filter entropy" in e["method"] for e in entries)
