@@ -191,6 +191,27 @@ def synthesize_share(
     return len(make_parts(teacher, recipe, sizes, meta, parts_dir, options, speed, world))
 
 
+def parts_from_set(larger: SampleSet, teacher: ModelEntry, recipe: GeneratorConfig, path: str | Path) -> int:
+    """Write the first batches of a finished, larger set of the same recipe as the parts beside `path`
+    (batch i is seeded by i alone, whatever the set's size), so a smaller budget reuses costly samples;
+    each part is charged its share of the larger set's synthesis time. Returns how many parts."""
+    meta = sample_metadata(teacher, recipe)
+    if not same_recipe(larger.meta, meta):
+        raise UserError(f"the larger set was made by another recipe than {recipe.name}'s: {larger.meta}")
+    if len(larger) < recipe.num_samples:
+        raise UserError(f"the larger set holds {len(larger)} samples, fewer than {recipe.num_samples}")
+    total = larger.meta.get(SYNTHESIS_TIME)
+    parts_dir, start = Path(f"{path}.parts"), 0
+    for index, size in enumerate(batch_sizes(recipe.num_samples, recipe.batch_size)):
+        rows = slice(start, start + size)
+        seconds = None if total is None else round(total * size / len(larger), 3)
+        y = None if larger.y is None else larger.y[rows].clone()
+        part = SampleSet(larger.x[rows].clone(), y, {**meta, SYNTHESIS_TIME: seconds})
+        part.save(part_file(parts_dir, index))
+        start += size
+    return index + 1
+
+
 def part_file(parts_dir: Path, index: int) -> Path:
     """Where finished batch `index` waits until the whole set is written."""
     return parts_dir / f"batch_{index:05d}.pt"
