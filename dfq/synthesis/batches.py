@@ -197,7 +197,8 @@ def parts_from_set(larger: SampleSet, teacher: ModelEntry, recipe: GeneratorConf
     each part is charged its share of the larger set's synthesis time. Returns how many parts."""
     meta = sample_metadata(teacher, recipe)
     if not same_recipe(larger.meta, meta):
-        raise UserError(f"the larger set was made by another recipe than {recipe.name}'s: {larger.meta}")
+        made = f"{larger.meta.get('generator')}, seed {larger.meta.get('seed')}"
+        raise UserError(f"the larger set was made by another recipe ({made}) than {recipe.name}'s")
     if len(larger) < recipe.num_samples:
         raise UserError(f"the larger set holds {len(larger)} samples, fewer than {recipe.num_samples}")
     total = larger.meta.get(SYNTHESIS_TIME)
