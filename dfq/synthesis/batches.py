@@ -203,14 +203,15 @@ def parts_from_set(larger: SampleSet, teacher: ModelEntry, recipe: GeneratorConf
         raise UserError(f"the larger set holds {len(larger)} samples, fewer than {recipe.num_samples}")
     total = larger.meta.get(SYNTHESIS_TIME)
     parts_dir, start = Path(f"{path}.parts"), 0
-    for index, size in enumerate(batch_sizes(recipe.num_samples, recipe.batch_size)):
+    sizes = batch_sizes(recipe.num_samples, recipe.batch_size)
+    for index, size in enumerate(sizes):
         rows = slice(start, start + size)
         seconds = None if total is None else round(total * size / len(larger), 3)
         y = None if larger.y is None else larger.y[rows].clone()
         part = SampleSet(larger.x[rows].clone(), y, {**meta, SYNTHESIS_TIME: seconds})
         part.save(part_file(parts_dir, index))
         start += size
-    return index + 1
+    return len(sizes)
 
 
 def part_file(parts_dir: Path, index: int) -> Path:
