@@ -32,6 +32,7 @@ SOURCE_ORDER = (
     "inception",
     "inception_uncapped",
     "bn_stats",
+    "bn_stats_tv",
     "bn_stats_inception",
     "zeroq",
     "deepinversion",
