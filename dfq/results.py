@@ -143,6 +143,17 @@ def find_runs(roots: Iterable[str | Path]) -> list[Path]:
     return sorted(runs)
 
 
+def layer_widths(quant: DictConfig) -> str:
+    """The widths some layers take apart from the target bits: `first_last_bits` and each per-layer
+    override, e.g. `@0(w8,a32) @-1(w8,a8)` for quant=qdrop; `same` when no layer differs."""
+    parts = [] if quant.first_last_bits is None else [str(quant.first_last_bits)]
+    for name, spec in (quant.get("overrides") or {}).items():
+        short = {"w_bits": "w", "a_bits": "a"}
+        widths = ",".join(f"{short[k]}{v}" if k in short else f"{k}={v}" for k, v in spec.items())
+        parts.append(f"{name}({widths})")
+    return " ".join(parts) or "same"
+
+
 def both_quantizers(quant: DictConfig, describe) -> str:
     """`w:<weights> a:<activations>` for one property of the two quantizer templates."""
     return f"w:{describe(quant.weight)} a:{describe(quant.activation)}"
@@ -230,7 +241,7 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
         "model": metrics["model"],
         "w_bits": int(metrics["w_bits"]),
         "a_bits": int(metrics["a_bits"]),
-        "first_last_bits": "same" if quant.first_last_bits is None else str(quant.first_last_bits),
+        "first_last_bits": layer_widths(quant),
         "granularity": both_quantizers(quant, lambda spec: spec.granularity),
         "symmetry": both_quantizers(quant, lambda spec: "sym" if spec.symmetric else "asym"),
         "observer": both_quantizers(quant, observer_name),
@@ -600,11 +611,14 @@ def section_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     first = rows[0]
     seeds = sorted({row["seeds"] for row in rows})
     bits = first["first_last_bits"]
-    first_last = "the target bits" if bits == "same" else f"{bits} bits"
+    if bits == "same" or bits.isdigit():
+        first_last = "first/last layers at " + ("the target bits" if bits == "same" else f"{bits} bits")
+    else:
+        first_last = f"per-layer widths {bits} (@k: k-th layer in graph order)"
     protocol = (
         f"Protocol {first['protocol']}: granularity {first['granularity']}, {first['symmetry']}, "
-        f"observers {first['observer']}, activations at {first['placement']}, first/last layers at "
-        f"{first_last}; {first['num_samples']} samples per source; {shared_steps(rows)}; top-1 % on "
+        f"observers {first['observer']}, activations at {first['placement']}, {first_last}; "
+        f"{first['num_samples']} samples per source; {shared_steps(rows)}; top-1 % on "
         f"{first['test_samples']} test images, mean ± std over seeds (seeds per row: "
         f"{'/'.join(map(str, seeds))})."
     )

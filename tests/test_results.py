@@ -42,6 +42,7 @@ def fake_run(
     grad_clip: float | None = None,
     records: bool = True,
     distill_options: dict | None = None,
+    overrides: dict | None = None,
 ) -> Path:
     """A run directory as dfq.record writes it: metrics.json (with step records, unless `records` is
     False: a run from before them) and the resolved config.yaml."""
@@ -93,6 +94,7 @@ def fake_run(
             "a_bits": bits[1],
             "placement": "layer_input",
             "first_last_bits": first_last_bits,
+            "overrides": overrides,
             "weight": quantizer,
             "activation": quantizer
             | {
@@ -169,6 +171,19 @@ def test_different_protocols_are_not_averaged(tmp_path):
         ("same", 90.0, 1),
     ]
     assert rows[0]["top1_std"] is None
+
+
+def test_per_layer_overrides_are_their_own_row_and_named(tmp_path):
+    fake_run(tmp_path / "a", "real", (4, 4), 0, 90.0)
+    qdrop = {"@0": {"w_bits": 8, "a_bits": 32}, "@-1": {"w_bits": 8, "a_bits": 8}}
+    fake_run(tmp_path / "b", "real", (4, 4), 0, 92.0, overrides=qdrop)
+    rows = aggregate(collect([tmp_path]))
+    assert sorted((r["first_last_bits"], r["top1_mean"]) for r in rows) == [
+        ("@0(w8,a32) @-1(w8,a8)", 92.0),
+        ("same", 90.0),
+    ]
+    with_overrides = [row for row in rows if row["top1_mean"] == 92.0]
+    assert "per-layer widths @0(w8,a32) @-1(w8,a8) (@k" in to_markdown(with_overrides)
 
 
 def test_samples_synthesized_through_crops_are_their_own_row(tmp_path):
