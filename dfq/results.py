@@ -143,13 +143,16 @@ def find_runs(roots: Iterable[str | Path]) -> list[Path]:
     return sorted(runs)
 
 
+WIDTH_LABELS = {"w_bits": "w", "a_bits": "a"}  # how a per-layer override's keys read in a table
+
+
 def layer_widths(quant: DictConfig) -> str:
     """The widths some layers take apart from the target bits: `first_last_bits` and each per-layer
     override, e.g. `@0(w8,a32) @-1(w8,a8)` for quant=qdrop; `same` when no layer differs."""
     parts = [] if quant.first_last_bits is None else [str(quant.first_last_bits)]
     for name, spec in (quant.get("overrides") or {}).items():
-        short = {"w_bits": "w", "a_bits": "a"}
-        widths = ",".join(f"{short[k]}{v}" if k in short else f"{k}={v}" for k, v in spec.items())
+        labels = (f"{WIDTH_LABELS[k]}{v}" if k in WIDTH_LABELS else f"{k}={v}" for k, v in spec.items())
+        widths = ",".join(labels)
         parts.append(f"{name}({widths})")
     return " ".join(parts) or "same"
 
@@ -611,8 +614,10 @@ def section_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     first = rows[0]
     seeds = sorted({row["seeds"] for row in rows})
     bits = first["first_last_bits"]
-    if bits == "same" or bits.isdigit():
-        first_last = "first/last layers at " + ("the target bits" if bits == "same" else f"{bits} bits")
+    if bits == "same":
+        first_last = "first/last layers at the target bits"
+    elif bits.isdigit():
+        first_last = f"first/last layers at {bits} bits"
     else:
         first_last = f"per-layer widths {bits} (@k: k-th layer in graph order)"
     protocol = (
