@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dfq.evaluate import top1
+from dfq.models.submodules import set_submodule
 from dfq.quant.blocks import find_units
 
 
@@ -20,9 +21,7 @@ def with_units(base: nn.Module, donor: nn.Module, names: list[str]) -> nn.Module
     """A copy of `base` whose submodules `names` are copies of `donor`'s."""
     hybrid = copy.deepcopy(base)
     for name in names:
-        parent, _, child = name.rpartition(".")
-        owner = hybrid.get_submodule(parent) if parent else hybrid
-        setattr(owner, child, copy.deepcopy(donor.get_submodule(name)))
+        set_submodule(hybrid, name, copy.deepcopy(donor.get_submodule(name)))
     return hybrid
 
 

@@ -14,6 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, TensorDataset
 
 from dfq.errors import UserError
+from dfq.models.submodules import set_submodule
 
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -72,8 +73,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     folded = copy.deepcopy(model)
     for layer_name, bn_name in foldable_pairs(folded):
         fold_into(folded.get_submodule(layer_name), folded.get_submodule(bn_name))
-        parent_name, _, child = bn_name.rpartition(".")
-        setattr(folded.get_submodule(parent_name) if parent_name else folded, child, nn.Identity())
+        set_submodule(folded, bn_name, nn.Identity())
     return folded
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from dfq.errors import UserError
 from dfq.io import save_json, save_torch
+from dfq.models.submodules import set_submodule
 from dfq.quant.fake_quant import quantize_to_int
 from dfq.quant.modules import QuantAct, QuantAdd, QuantConv2d, QuantLinear
 from dfq.quant.quantizer import Quantizer, QuantSpec
@@ -142,11 +143,6 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     return torch.load(path, map_location="cpu", weights_only=True), document
 
 
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def _spec(encoding: dict[str, Any] | None) -> QuantSpec | None:
     if encoding is None:
         return None
@@ -190,9 +186,9 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
     try:
         for name in document["identity"]:
             if not isinstance(model.get_submodule(name), nn.Identity):
-                _set_module(model, name, nn.Identity())
+                set_submodule(model, name, nn.Identity())
         for name, kind in document["modules"].items():
-            _set_module(model, name, _build(model, name, kind, encodings, state))
+            set_submodule(model, name, _build(model, name, kind, encodings, state))
         modules = dict(model.named_modules())
         for name, encoding in encodings.items():
             _restore_quantizer(modules[name], encoding)

@@ -19,6 +19,7 @@ from onnx import TensorProto
 from torch import nn
 
 from dfq.io import atomic_path
+from dfq.models.submodules import set_submodule
 from dfq.quant.export import ExportError, refresh_weight_ranges
 from dfq.quant.fake_quant import integer_range
 from dfq.quant.prepare import quantizers
@@ -116,8 +117,7 @@ def exportable(student: nn.Module, int4: bool) -> nn.Module:
             raise ExportError(
                 f"{name}: ONNX QuantizeLinear needs integer zero points; set integer_zero_point=true"
             )
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, QuantizeDequantize(quantizer, int4))
+        set_submodule(model, name, QuantizeDequantize(quantizer, int4))
     return model
 
 

@@ -7,14 +7,10 @@ import copy
 import torch
 from torch import nn
 
+from dfq.models.submodules import set_submodule
 from dfq.quant.modules import ACTIVATIONS, QUANTIZED_LAYERS, RESIDUAL_ADDS, QuantAct, QuantAdd
 from dfq.quant.policy import QuantPolicy, graph_order, spec_for
 from dfq.quant.quantizer import Quantizer
-
-
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
 def quantize(model: nn.Module, policy: QuantPolicy, example: torch.Tensor) -> nn.Module:
@@ -38,7 +34,7 @@ def quantize(model: nn.Module, policy: QuantPolicy, example: torch.Tensor) -> nn
             layer, spec_for(policy.weight, bits.w_bits), spec_for(policy.activation, input_bits)
         )
         if name:
-            _set_module(student, name, replacement)
+            set_submodule(student, name, replacement)
         else:  # the model is itself a single conv/linear layer
             student = replacement
     if activations_quantized:
@@ -55,7 +51,7 @@ def _quantize_outputs(
     for name, module in list(student.named_modules()):
         spec = spec_for(policy.activation, policy.activation_bits(name))
         if isinstance(module, kinds) and spec is not None:
-            _set_module(student, name, wrapper(module, spec))
+            set_submodule(student, name, wrapper(module, spec))
 
 
 def quantizers(model: nn.Module) -> dict[str, Quantizer]:
