@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -178,7 +177,7 @@ def sample_path(config: RunConfig, teacher: ModelEntry, recipe: GeneratorConfig,
     that differ only in quantization reuse them), or in the run directory when caching is off."""
     if not config.paths.sample_cache:
         return run_dir / "samples" / f"{recipe.name}.pt"
-    key = json.dumps([teacher.name, dataclasses.asdict(recipe)], sort_keys=True, default=str)
+    key = json.dumps([teacher.name, recipe.identity()], sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return Path(config.paths.sample_cache) / teacher.name / f"{recipe.name}-{digest}.pt"
 

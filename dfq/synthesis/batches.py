@@ -45,7 +45,7 @@ def sample_metadata(teacher: ModelEntry, recipe: GeneratorConfig) -> dict[str, A
     return {
         "model": teacher.name,
         "generator": recipe.name,
-        "recipe": dataclasses.asdict(recipe),
+        "recipe": recipe.identity(),
         "seed": recipe.seed,
         "iterations": recipe.iterations,
         "normalization": dataclasses.asdict(teacher.normalization),
@@ -107,7 +107,7 @@ def synthesize_batch(
                 f"batch {index} stopped after {trainer.global_step} of {recipe.iterations} iterations; "
                 "rerun the same command to resume"
             )
-    x = module.inputs.detach().cpu().clone()
+    x = module.samples().cpu().clone()
     return SampleSet(x, None if labels is None else labels.clone())
 
 

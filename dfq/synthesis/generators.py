@@ -6,6 +6,7 @@ recipe against them before any work starts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 
 from dfq.errors import UserError
 from dfq.ranges import SEED_MAX, check_ranges, ranged
+from dfq.synthesis.image import IMAGES
 from dfq.synthesis.losses import BN_LOSSES, LABELLED_LOSSES, LOSS_NAMES, PER_SAMPLE_BN_LOSSES
 
 
@@ -99,6 +101,7 @@ LAYER_WEIGHTINGS: dict[str, Callable[[int], torch.Tensor]] = {
 
 
 DEFAULT_LOSSES = {"bn_kl": 1.0}
+LATER_OPTIONS = ("image", "latent_dim", "network_lr", "swing")
 
 
 def _per_channel(value: Any) -> bool:
@@ -143,6 +146,11 @@ class GeneratorConfig:
     jitter: int = ranged(0, 0)
     flip: bool = False
     blur_sigma: float = ranged(0.0, 0)  # 0: off
+    # what is optimized (dfq.synthesis.image): the pixels, or GENIE-D's generator network and latents
+    image: str = "pixels"
+    latent_dim: int = ranged(256, 1)  # image=generator: length of each sample's latent code
+    network_lr: float = ranged(0.01, 0, open_low=True)  # image=generator: Adam lr of the network
+    swing: int = ranged(0, 0)  # GENIE-D's swing: strided teacher convs see inputs shifted by up to this
     seed: int = ranged(0, 0, SEED_MAX)
     log_every: int = ranged(50, 0)  # 0: never
 
@@ -157,6 +165,7 @@ class GeneratorConfig:
                 "null or a non-empty list of class indices",
             ),
             "init": (self.init in INITS, f"one of {sorted(INITS)}"),
+            "image": (self.image in IMAGES, f"one of {sorted(IMAGES)}"),
             "init_mean": (_per_channel(self.init_mean), "a number or a list with one per channel"),
             "init_std": (
                 _per_channel(self.init_std) and _non_negative(self.init_std),
@@ -176,6 +185,17 @@ class GeneratorConfig:
                 raise ValueError(
                     f"generator.losses has {name}, which needs generator.labels=balanced or random"
                 )
+
+    def identity(self) -> dict[str, Any]:
+        """The recipe as a dict for cache keys and sample metadata, without the options added since
+        the first sets were made (image, latent_dim, network_lr, swing) where they are at their
+        defaults, so those sets keep their keys."""
+        defaults = GeneratorConfig.__dataclass_fields__
+        return {
+            key: value
+            for key, value in dataclasses.asdict(self).items()
+            if key not in LATER_OPTIONS or value != defaults[key].default
+        }
 
     @property
     def loss_weights(self) -> dict[str, float]:

@@ -20,8 +20,9 @@ from dfq.synthesis.generators import (
     STEP_LOSS,
     GeneratorConfig,
 )
+from dfq.synthesis.image import IMAGES
 from dfq.synthesis.losses import BN_LOSSES, INPUT_LOSSES, LossContext, bn_kl_divergence, per_layer
-from dfq.synthesis.priors import blur, gaussian_kernel, jitter, pad_crop, random_flip
+from dfq.synthesis.priors import blur, gaussian_kernel, jitter, pad_crop, random_flip, swing
 
 
 def initial_inputs(
@@ -37,8 +38,9 @@ def initial_inputs(
 
 class TeacherRunner:
     """The frozen teacher as synthesis runs it, shared by every batch of a set: BN-statistics hooks
-    attached once (a compiled teacher is then compiled once, not per batch or per step) and the
-    speed switches applied. `close` removes the hooks."""
+    (and the recipe's swing on strided convs) attached once (a compiled teacher is then compiled once,
+    not per batch or per step) and the speed switches applied. `close` removes the hooks. The swing
+    draws its offsets from `random`, which each batch sets to its own seeded generator."""
 
     def __init__(
         self,
@@ -58,6 +60,12 @@ class TeacherRunner:
         if self.bn_stats:
             self.bn_stats.__enter__()
             self.bn_stats.recording = False
+        self.random = torch.Generator().manual_seed(recipe.seed)
+        self.swing_hooks = [
+            module.register_forward_pre_hook(lambda _m, args: (swing(args[0], recipe.swing, self.random),))
+            for module in teacher.modules()
+            if recipe.swing > 0 and isinstance(module, nn.Conv2d) and max(module.stride) > 1
+        ]
         self.forward = prepare(teacher, speed)
 
     def __call__(self, x: torch.Tensor, record_bn: bool) -> torch.Tensor:
@@ -75,10 +83,13 @@ class TeacherRunner:
     def close(self) -> None:
         if self.bn_stats:
             self.bn_stats.__exit__()
+        for hook in self.swing_hooks:
+            hook.remove()
 
 
 class SynthesisModule(pl.LightningModule):
-    """Optimizes one batch of inputs against a frozen teacher under a `GeneratorConfig` recipe.
+    """Optimizes one batch of inputs against a frozen teacher under a `GeneratorConfig` recipe: the
+    pixels themselves, or GENIE-D's generator network and latents (`recipe.image`).
 
     The teacher stays in eval mode with gradients off for its weights. Where the teacher has
     BatchNorm layers, each layer's BNS divergence (KL, Haroush et al.) is logged beside the loss
@@ -105,10 +116,20 @@ class SynthesisModule(pl.LightningModule):
         self.recipe = recipe
         self.batch_index = batch_index
         self.random = torch.Generator().manual_seed(seed)
-        inputs = initial_inputs(recipe, normalization, batch_size, self.random)
-        self.inputs = nn.Parameter(to_memory_format(inputs, self.runner.speed))
+        self.runner.random = self.random
+
+        def initial() -> torch.Tensor:
+            inputs = initial_inputs(recipe, normalization, batch_size, self.random)
+            return to_memory_format(inputs, self.runner.speed)
+
+        self.image = IMAGES[recipe.image](
+            initial,
+            (batch_size, *normalization.shape),
+            seed,
+            recipe.latent_dim,
+        )
         self.register_buffer("labels", labels)
-        low, high = normalization.bounds(inputs)
+        low, high = normalization.bounds(torch.zeros(1, *normalization.shape))
         self.register_buffer("low", low, persistent=False)
         self.register_buffer("high", high, persistent=False)
         self.bn_stats = self.runner.bn_stats
@@ -135,7 +156,7 @@ class SynthesisModule(pl.LightningModule):
         self, record_bn: bool = True
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Total loss, each weighted term, and each BN layer's value of each BN term (unweighted)."""
-        x = pad_crop(self.inputs, self.recipe.pad_crop, self.low, self.random)
+        x = pad_crop(self.image(), self.recipe.pad_crop, self.low, self.random)
         x = random_flip(jitter(x, self.recipe.jitter, self.random), self.recipe.flip, self.random)
         record_bn = record_bn or self.recipe.uses_batchnorm
         logits = self.runner(x, record_bn)
@@ -149,7 +170,7 @@ class SynthesisModule(pl.LightningModule):
                 terms[name] = weight * (values * self.layer_weights).sum()
             else:
                 terms[name] = weight * INPUT_LOSSES[name](ctx)
-        total = sum(terms.values()) if terms else self.inputs.sum() * 0
+        total = sum(terms.values()) if terms else x.sum() * 0
         return total, terms, layers
 
     def is_logging_step(self, step: int) -> bool:
@@ -184,6 +205,18 @@ class SynthesisModule(pl.LightningModule):
             metrics["synthesis/bn_divergence_mean"] = torch.stack(list(divergence.values())).mean()
         return metrics
 
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The pixels being optimized (image=pixels; callers may write into them)."""
+        return self.image.pixels
+
+    @torch.no_grad()
+    def samples(self) -> torch.Tensor:
+        """The batch as it stands, in the valid pixel range (a generator's images are clamped here; its
+        BatchNorm layers standardize the batch itself, as in training)."""
+        self.image.train()
+        return torch.maximum(torch.minimum(self.image(), self.high), self.low)
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer's update, low-passed by a Gaussian blur when the recipe asks for one."""
         before = self.inputs.detach().clone() if self.blur_kernel is not None else None
@@ -193,11 +226,13 @@ class SynthesisModule(pl.LightningModule):
                 self.inputs.copy_(before + blur(self.inputs - before, self.blur_kernel))
 
     def on_train_batch_end(self, *args: Any) -> None:
-        with torch.no_grad():
-            self.inputs.clamp_(self.low, self.high)
+        if self.image.clamp_each_step:
+            with torch.no_grad():
+                self.inputs.clamp_(self.low, self.high)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = OPTIMIZERS[self.recipe.optimizer]([self.inputs], self.recipe.lr)
+        groups = self.image.parameter_groups(self.recipe.lr, self.recipe.network_lr)
+        optimizer = OPTIMIZERS[self.recipe.optimizer](groups, self.recipe.lr)
         return {
             "optimizer": optimizer,
             "lr_scheduler": SCHEDULES[self.recipe.schedule](optimizer, self.recipe.iterations),

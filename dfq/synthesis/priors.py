@@ -1,4 +1,5 @@
-"""Image priors applied to the synthetic batch at each step: padded crops, jitter, flips, gradient blur."""
+"""Image priors applied to the synthetic batch at each step: padded crops, jitter, flips, gradient blur,
+and the swing of strided convolutions inside the teacher."""
 
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch
         return x
     dx, dy = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
     return torch.roll(x, shifts=(dx, dy), dims=(2, 3))
+
+
+def swing(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """GENIE-D's swing convolution (Jeon et al., CVPR 2023) on a strided conv's input: reflect-pad by
+    `max_shift` and take a same-size window at a random offset (one per batch), so the stride's
+    sampling grid moves between steps and the images learn no aliasing pattern of it."""
+    if max_shift <= 0:
+        return x
+    height, width = x.shape[-2:]
+    top, left = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
+    padded = F.pad(x, [max_shift] * 4, mode="reflect")
+    return padded[..., top : top + height, left : left + width]
 
 
 def random_flip(x: torch.Tensor, enabled: bool, generator: torch.Generator) -> torch.Tensor:

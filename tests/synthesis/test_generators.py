@@ -34,7 +34,7 @@ OPTIMIZED = [
     "zeroq",
     "deepinversion",
 ]
-BN_BASED = ["bn_stats", "bn_stats_tv", "bn_stats_inception", "zeroq", "deepinversion"]
+BN_BASED = ["bn_stats", "bn_stats_tv", "bn_stats_inception", "zeroq", "deepinversion", "genie_d"]
 
 
 def recipe_for(name: str, *overrides: str) -> GeneratorConfig:
