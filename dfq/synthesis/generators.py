@@ -185,6 +185,11 @@ class GeneratorConfig:
                 raise ValueError(
                     f"generator.losses has {name}, which needs generator.labels=balanced or random"
                 )
+        if self.blur_sigma > 0 and self.image != "pixels":
+            raise ValueError(
+                f"generator.blur_sigma={self.blur_sigma} low-passes pixel updates and needs "
+                f"generator.image=pixels, not {self.image!r}"
+            )
 
     def identity(self) -> dict[str, Any]:
         """The recipe as a dict for cache keys and sample metadata, without the options added since

@@ -92,8 +92,10 @@ def test_later_options_at_their_defaults_keep_the_cache_key():
     assert sample_path(Config, teacher, plain, None) != sample_path(Config, teacher, genie, None)
 
 
-def test_unknown_image_is_a_one_line_error():
+def test_bad_image_options_are_one_line_errors():
     with pytest.raises(
         ValueError, match=r"generator.image='latent' is invalid; expected one of \['generator', 'pixels'\]"
     ):
         GeneratorConfig(image="latent")
+    with pytest.raises(ValueError, match=r"generator.blur_sigma=1.0 .*needs generator.image=pixels"):
+        GeneratorConfig(image="generator", blur_sigma=1.0)
