@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_module
 
 from dfq.config import compose_config, register_configs
@@ -82,3 +83,17 @@ def test_mixed_precision_widths_are_recorded_reused_and_kept_apart_in_the_tables
     rows = {row.get("mixed_precision", "none"): row for row in aggregate(collect([tmp_path]))}
     assert set(rows) == {"zeroq", "saved", "none"} and rows["zeroq"]["mixed_precision.budget"] == "3.0"
     assert rows["zeroq"]["weight_bytes"] == chosen["size"]["weight_bytes"] < rows["none"]["weight_bytes"]
+
+
+def test_mixed_precision_widths_survive_reconstruction(tmp_path, monkeypatch):
+    """Mixed precision chooses widths before the steps; block reconstruction then learns the rounding
+    on those grids, and the student keeps the plan's widths and size."""
+    monkeypatch.setenv("DFQ_CACHE", str(tmp_path / "cache"))
+    mixed = ["mixed_precision=zeroq", "mixed_precision.budget=3.0", "mixed_precision.candidates=[2,4]"]
+    overrides = [*TINY, "finetune=none", *mixed, "reconstruct=brecq", "reconstruct.iterations=5"]
+    result = run(compose_config(overrides, str(tmp_path)), tmp_path)["sources"]["bn_stats"]
+    assert [step["name"] for step in result["steps"]] == ["calibrate", "reconstruct"]
+    planned = result["mixed_precision"]["planned_avg_weight_bits"]
+    assert result["size"]["avg_weight_bits"] == pytest.approx(planned) and planned <= 3.0
+    widths = yaml.safe_load((tmp_path / "students" / "bn_stats" / "mixed_precision.yaml").read_text())
+    assert {entry["w_bits"] for entry in widths.values()} == {2, 4}
