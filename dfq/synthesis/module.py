@@ -129,7 +129,7 @@ class SynthesisModule(pl.LightningModule):
             recipe.latent_dim,
         )
         self.register_buffer("labels", labels)
-        low, high = normalization.bounds(torch.zeros(1, *normalization.shape))
+        low, high = normalization.bounds(torch.zeros(()))  # float32 bounds, shaped (1, C, 1, 1)
         self.register_buffer("low", low, persistent=False)
         self.register_buffer("high", high, persistent=False)
         self.bn_stats = self.runner.bn_stats
@@ -215,7 +215,7 @@ class SynthesisModule(pl.LightningModule):
         """The batch as it stands, in the valid pixel range (a generator's images are clamped here; its
         BatchNorm layers standardize the batch itself, as in training)."""
         self.image.train()
-        return torch.maximum(torch.minimum(self.image(), self.high), self.low)
+        return self.image().clamp(self.low, self.high)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer's update, low-passed by a Gaussian blur when the recipe asks for one."""
