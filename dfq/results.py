@@ -23,6 +23,7 @@ from dfq.distill.module import FinetuneConfig
 from dfq.errors import UserError
 from dfq.io import atomic_path, save_png
 from dfq.quant.observers import own_options
+from dfq.quant.reconstruct import ReconstructConfig
 from dfq.steps import STEPS
 from dfq.synthesis.batches import SYNTHESIS_TIME
 
@@ -46,12 +47,17 @@ LEGACY_OPTIONS = {
 }
 # step options added after runs recorded their steps, with the value (the default) every earlier run had
 ADDED_OPTIONS = {
+    "reconstruct": {
+        field.name: field.default
+        for field in fields(ReconstructConfig)
+        if field.name in ("copies", "copy_padding")
+    },
     "distill": {
         field.name: field.default
         for field in fields(FinetuneConfig)
         if field.name
         in ("distill_weight", "label_filter", "label_threshold", "cam_weight", "low_pass", "hard_step")
-    }
+    },
 }
 
 

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from dfq.config import compose_config, validate
+from dfq.data.augment import pad_crop
 from dfq.data.sample_set import SampleSet
 from dfq.errors import UserError
 from dfq.pipeline import load_teacher
 from dfq.samples import draw_real
 from dfq.synthesis.bn_stats import BatchNormStatistics
 from dfq.synthesis.generators import GeneratorConfig
-from dfq.synthesis.priors import pad_crop
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dfq.data.augment import augment
 from dfq.distill.losses import (
     LABEL_FILTERS,
     LossInputs,
@@ -23,7 +24,6 @@ from dfq.distill.losses import (
 )
 from dfq.ranges import SEED_MAX, check_ranges, ranged
 from dfq.speed import SpeedConfig, prepare, to_memory_format
-from dfq.synthesis.priors import pad_crop
 
 
 @dataclass
@@ -66,16 +66,6 @@ class FinetuneConfig:
             raise ValueError(
                 f"finetune.label_filter={self.label_filter!r} is invalid; valid: {list(LABEL_FILTERS)}"
             )
-
-
-def augment(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
-    """Per-sample random crop (zero padding `padding`) and horizontal flip of a batch."""
-    n = x.shape[0]
-    x = pad_crop(x, padding, x.new_zeros(()))
-    if flip:
-        mirrored = torch.rand(n, device=x.device) < 0.5
-        x = torch.where(mirrored.view(n, 1, 1, 1), x.flip(3), x)
-    return x
 
 
 def augment_batch(

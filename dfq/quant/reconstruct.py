@@ -8,6 +8,7 @@ unit's: inputs from the already-reconstructed student before it, targets from th
 (BRECQ, Li et al., ICLR 2021; optionally weighted by squared output gradients, BRECQ's Fisher
 approximation). QDrop (Wei et al., ICLR 2022) feeds each input element from the float network with
 probability p and lets each activation element pass unquantized with the same p; p = 0 is BRECQ.
+Optionally the samples are widened by crop-and-flip copies, more distinct inputs for the same budget.
 Every finished unit is saved, so an interrupted run resumes at unit granularity to the same student.
 """
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfq.data.augment import augment
 from dfq.faults import InterruptedRun
 from dfq.io import save_torch
 from dfq.progress import Progress
@@ -63,6 +65,8 @@ class ReconstructConfig:
     drop_probability: float = ranged(0.0, 0, 1, open_high=True)  # QDrop's p (0: BRECQ)
     fisher: bool = False  # weight the output error by squared gradients of the distillation loss
     weight_grid: str = "mse"  # the per-channel weight grid before rounding is learned: mse or minmax
+    copies: int = ranged(0, 0)  # crop-and-flip copies of every sample added to the set (images only)
+    copy_padding: int = ranged(4, 0)  # the copies' crop padding (CIFAR's training crops: 4)
     seed: int = ranged(0, 0, SEED_MAX)
     resume: bool = True  # continue after the last unit an interrupted run saved
 
@@ -368,6 +372,7 @@ def reconstruct(
     """Reconstruct the calibrated `student` unit by unit against the float `reference` (the network
     it was quantized from) on samples `x`; returns it with one loss record per unit. With
     `state_dir`, every finished unit is saved there and a rerun resumes after the last one."""
+    x = with_copies(x, options)
     units = split_units(student, x, options.unit)
     path = Path(state_dir) / STATE_FILE if state_dir else None
     saved = resume_state(path, units, options)
@@ -388,6 +393,20 @@ def reconstruct(
                     state | {"options": dataclasses.asdict(options), "student": student.state_dict()}, path
                 )
     return student, losses
+
+
+def with_copies(x: torch.Tensor, options: ReconstructConfig) -> torch.Tensor:
+    """The samples followed by `options.copies` randomly cropped and flipped copies of each, drawn
+    from the recipe's seed (so a resumed run sees the same set)."""
+    if options.copies == 0:
+        return x
+    if x.dim() != 4:
+        raise ValueError(
+            f"reconstruct.copies={options.copies} needs image samples (N, C, H, W), got {tuple(x.shape)}"
+        )
+    generator = torch.Generator().manual_seed(options.seed)
+    repeated = x.repeat(options.copies, 1, 1, 1)
+    return torch.cat([x, augment(repeated, options.copy_padding, True, generator)])
 
 
 def split_units(student: nn.Module, x: torch.Tensor, kind: str) -> list[Unit]:

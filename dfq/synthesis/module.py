@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from dfq.data.augment import pad_crop
 from dfq.models.normalization import Normalization
 from dfq.speed import SpeedConfig, prepare, to_memory_format
 from dfq.synthesis.bn_stats import BatchNormStatistics, batchnorm_layers
@@ -22,7 +23,7 @@ from dfq.synthesis.generators import (
 )
 from dfq.synthesis.image import IMAGES
 from dfq.synthesis.losses import BN_LOSSES, INPUT_LOSSES, LossContext, bn_kl_divergence, per_layer
-from dfq.synthesis.priors import blur, gaussian_kernel, jitter, pad_crop, random_flip, swing
+from dfq.synthesis.priors import blur, gaussian_kernel, jitter, random_flip, swing
 
 
 def initial_inputs(

@@ -1,34 +1,10 @@
-"""Image priors applied to the synthetic batch at each step: padded crops, jitter, flips, gradient blur,
-and the swing of strided convolutions inside the teacher."""
+"""Image priors applied to the synthetic batch at each step: jitter, flips, gradient blur and the
+swing of strided convolutions inside the teacher (padded crops: `dfq.data.augment`)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def pad_crop(
-    x: torch.Tensor, padding: int, fill: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """A random crop of each sample after padding it by `padding` pixels of `fill` (per channel).
-
-    CIFAR models are trained on such crops (pad 4 with black), so their BN running statistics include
-    the edges of the black frame; synthesizing through the same crops lets the samples match those
-    statistics without drawing the frame's edges into the image itself. Offsets come from `generator`,
-    or from the default generator of `x`'s device.
-    """
-    if padding <= 0:
-        return x
-    n, channels, height, width = x.shape
-    padded = fill.expand(n, channels, height + 2 * padding, width + 2 * padding).clone()
-    padded[:, :, padding : padding + height, padding : padding + width] = x
-    device = x.device if generator is None else generator.device
-    offsets = torch.randint(0, 2 * padding + 1, (2, n, 1), generator=generator, device=device)
-    dy, dx = offsets.to(x.device)
-    rows = (dy + torch.arange(height, device=x.device))[:, :, None]
-    cols = (dx + torch.arange(width, device=x.device))[:, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
 def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

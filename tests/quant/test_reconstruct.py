@@ -22,7 +22,13 @@ from dfq.quant.export import export_quantized, load_quantized
 from dfq.quant.policy import QuantPolicy
 from dfq.quant.prepare import quantize
 from dfq.quant.quantizer import QuantSpec
-from dfq.quant.reconstruct import ReconstructConfig, capture, reconstruct, reconstruction_error
+from dfq.quant.reconstruct import (
+    ReconstructConfig,
+    capture,
+    reconstruct,
+    reconstruction_error,
+    with_copies,
+)
 from dfq.quant.rounding import AdaRound, annealed_beta, rectified_sigmoid
 
 FAST = {"iterations": 60, "batch_size": 16, "method": "brecq"}
@@ -168,6 +174,46 @@ def test_p_zero_is_brecq_no_float_inputs_and_no_dropped_activations(tiny_entry, 
     )
     assert all(float_inputs is not None and set(p) == {0.5} for float_inputs, p in drops)
     assert all(q.drop_probability == 0.0 for q in student.modules() if hasattr(q, "drop_probability"))
+
+
+def crops_and_flips(image: torch.Tensor, padding: int) -> list[torch.Tensor]:
+    """Every crop of `image` zero-padded by `padding`, and the mirror of each."""
+    height, width = image.shape[-2:]
+    framed = torch.nn.functional.pad(image, [padding] * 4)
+    crops = [
+        framed[:, dy : dy + height, dx : dx + width]
+        for dy in range(2 * padding + 1)
+        for dx in range(2 * padding + 1)
+    ]
+    return crops + [crop.flip(2) for crop in crops]
+
+
+def test_copies_follow_the_samples_as_seeded_crops_and_flips_of_them():
+    x = torch.randn(6, 3, 5, 5)
+    options = ReconstructConfig(copies=2, copy_padding=1, seed=3)
+    widened = with_copies(x, options)
+    assert widened.shape == (18, 3, 5, 5) and torch.equal(widened[:6], x)
+    for index, copy_ in enumerate(widened[6:]):
+        assert any(torch.equal(copy_, view) for view in crops_and_flips(x[index % 6], 1))
+    assert not torch.equal(widened[6:12], widened[12:])  # each copy drawn on its own
+    assert torch.equal(with_copies(x, options), widened)  # the same set when a run resumes
+    assert with_copies(x, ReconstructConfig()) is x
+    with pytest.raises(ValueError, match=r"reconstruct.copies=1 needs image samples"):
+        with_copies(torch.randn(4, 7), ReconstructConfig(copies=1))
+
+
+def test_units_are_trained_on_the_samples_and_their_copies(tiny_entry, monkeypatch):
+    x = torch.randn(16, 3, 8, 8)
+    sizes = []
+    real_train = reconstruct_module.train_unit
+    monkeypatch.setattr(
+        reconstruct_module,
+        "train_unit",
+        lambda unit, state, data, *a: sizes.append(len(data.inputs)) or real_train(unit, state, data, *a),
+    )
+    options = ReconstructConfig(**FAST | {"iterations": 5, "copies": 3})
+    reconstruct(calibrated(tiny_entry.module, x), tiny_entry.module, x, options)
+    assert sizes == [64, 64, 64]
 
 
 def test_quantizer_drop_passes_about_p_of_the_elements_unquantized():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dfq.data.augment import pad_crop
 from dfq.models.load import ModelEntry, freeze
 from dfq.models.normalization import Normalization
 from dfq.synthesis.generators import GeneratorConfig
 from dfq.synthesis.module import SynthesisModule
-from dfq.synthesis.priors import pad_crop
 
 
 def frame_crop(x: torch.Tensor, fill: torch.Tensor, padding: int, dy: int, dx: int) -> torch.Tensor:
