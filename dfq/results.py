@@ -10,6 +10,8 @@ merged with new runs (more seeds, more rows) without the run directories it came
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -17,8 +19,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
+from dfq.config import compose_config
 from dfq.distill.module import FinetuneConfig
 from dfq.errors import UserError
 from dfq.io import atomic_path, save_png
@@ -26,6 +30,7 @@ from dfq.quant.observers import own_options
 from dfq.quant.reconstruct import ReconstructConfig
 from dfq.steps import STEPS
 from dfq.synthesis.batches import SYNTHESIS_TIME
+from dfq.synthesis.generators import GeneratorConfig
 
 SOURCE_ORDER = (
     "real",
@@ -276,7 +281,7 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
                 num_samples=int(recipe.num_samples),
                 iterations=int(recipe.get("iterations") or 0) if synthesized else 0,
                 pad_crop=int(recipe.get("pad_crop") or 0) if synthesized else 0,
-                options=record_options([*precision_records(accuracy), *records]),
+                options=record_options([*recipe_records(recipe), *precision_records(accuracy), *records]),
                 top1=float(records[-1]["top1"]),
                 ptq_top1=float(records[0]["top1"]),
                 student_time_s=student_time(records),
@@ -286,6 +291,34 @@ def run_results(run_dir: Path, metrics: dict[str, Any], cfg: DictConfig) -> list
             )
         )
     return results
+
+
+# generator fields with columns of their own, or that do not change the samples
+RECIPE_COLUMNS = ("name", "source", "num_samples", "iterations", "pad_crop", "seed", "log_every")
+
+
+@functools.cache
+def preset_recipe(name: str) -> dict[str, Any]:
+    """Generator preset `name` as dfq composes it today (conf/generator/), or the recipe defaults
+    where no preset has that name."""
+    try:
+        return OmegaConf.to_container(compose_config([f"generator={name}"]).generator, resolve=True)
+    except ConfigCompositionException:
+        return dataclasses.asdict(GeneratorConfig())
+
+
+def recipe_records(recipe: DictConfig) -> list[dict[str, Any]]:
+    """The generator options in which a source's recipe differs from its preset, as a record (columns
+    `generator.<option>`), so runs of one preset with other options are never averaged together;
+    none when it is the preset as it is. An option the run's config lacks predates it: the default."""
+    preset = preset_recipe(str(recipe.name))
+    own = OmegaConf.to_container(recipe, resolve=True)
+    changed = {
+        key: value
+        for key, value in own.items()
+        if key not in RECIPE_COLUMNS and (key not in preset or value != preset[key])
+    }
+    return [{"name": "generator", "options": changed}] if changed else []
 
 
 def precision_records(accuracy: dict[str, Any]) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ def fake_run(
     records: bool = True,
     distill_options: dict | None = None,
     overrides: dict | None = None,
+    generator_options: dict | None = None,
 ) -> Path:
     """A run directory as dfq.record writes it: metrics.json (with step records, unless `records` is
     False: a run from before them) and the resolved config.yaml."""
@@ -83,7 +84,8 @@ def fake_run(
         "task_name": "table",
         "seed": seed,
         "generator": {"name": generator, "source": "synthesis", "num_samples": 256, "iterations": iterations}
-        | ({} if pad_crop is None else {"pad_crop": pad_crop}),
+        | ({} if pad_crop is None else {"pad_crop": pad_crop})
+        | (generator_options or {}),
         "compare": {
             name: {"name": name, "source": "real", "num_samples": 256, "iterations": 0}
             for name in compare or {}
@@ -193,6 +195,19 @@ def test_samples_synthesized_through_crops_are_their_own_row(tmp_path):
     assert [(r["pad_crop"], r["top1_mean"]) for r in rows] == [(0, 80.0), (4, 81.0)]
     assert "| bn_stats (crop 0) | 80.00 |" in to_markdown(rows)
     assert "| bn_stats (crop 4) | 81.00 |" in to_markdown(rows)
+
+
+def test_a_preset_run_with_other_generator_options_is_its_own_row(tmp_path):
+    fake_run(tmp_path / "old" / "0", "genie_d", (4, 4), 0, 80.0)  # the preset as it is
+    path = write_report([tmp_path / "old"], tmp_path / "t")["csv"]
+    fake_run(tmp_path / "new" / "0", "genie_d", (4, 4), 1, 82.0, generator_options={"swing": 1})
+    fake_run(tmp_path / "new" / "1", "genie_d", (4, 4), 0, 70.0, generator_options={"swing": 0})
+    rows = aggregate(collect([tmp_path / "new"]), [read_table(path)])
+    assert sorted((row.get("generator.swing", "-"), row["top1_mean"]) for row in rows) == [
+        ("-", pytest.approx(81.0)),  # the preset's own swing: merged with the table's row
+        ("0", 70.0),
+    ]
+    assert "| genie_d (generator.swing 0) | 70.00 |" in to_markdown(rows)
 
 
 def test_clipped_fine_tuning_is_its_own_row(tmp_path):
