@@ -30,7 +30,7 @@ from dfq.quant.observers import own_options
 from dfq.quant.reconstruct import ReconstructConfig
 from dfq.steps import STEPS
 from dfq.synthesis.batches import SYNTHESIS_TIME
-from dfq.synthesis.generators import GeneratorConfig
+from dfq.synthesis.generators import DEFAULT_LOSSES, GeneratorConfig
 
 SOURCE_ORDER = (
     "real",
@@ -311,8 +311,11 @@ def recipe_records(recipe: DictConfig) -> list[dict[str, Any]]:
     """The generator options in which a source's recipe differs from its preset, as a record (columns
     `generator.<option>`), so runs of one preset with other options are never averaged together;
     none when it is the preset as it is. An option the run's config lacks predates it: the default."""
-    preset = preset_recipe(str(recipe.name))
+    preset = dict(preset_recipe(str(recipe.name)))
     own = OmegaConf.to_container(recipe, resolve=True)
+    for options in (preset, own):  # `losses: null` is BNS alone (GeneratorConfig.loss_weights)
+        if options.get("losses", {}) is None:
+            options["losses"] = dict(DEFAULT_LOSSES)
     changed = {
         key: value
         for key, value in own.items()
