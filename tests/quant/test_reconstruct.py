@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import os
 import signal
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,6 +140,16 @@ def test_hardened_codes_are_within_one_step_of_nearest_on_the_same_grid(tiny_ent
     assert difference.abs().max() <= 1
 
 
+def spy_on_training(monkeypatch: pytest.MonkeyPatch, seen: Callable[[Any, Any], Any]) -> None:
+    """Call `seen(state, data)` with what each unit is trained on, then train it as usual."""
+    real_train = reconstruct_module.train_unit
+    monkeypatch.setattr(
+        reconstruct_module,
+        "train_unit",
+        lambda unit, state, data, *a: seen(state, data) or real_train(unit, state, data, *a),
+    )
+
+
 def test_p_zero_is_brecq_no_float_inputs_and_no_dropped_activations(tiny_entry, monkeypatch):
     x = torch.randn(32, 3, 8, 8)
     outputs_of = []
@@ -151,13 +163,10 @@ def test_p_zero_is_brecq_no_float_inputs_and_no_dropped_activations(tiny_entry, 
     )
     student = calibrated(tiny_entry.module, x)
     drops = []
-    real_train = reconstruct_module.train_unit
-    monkeypatch.setattr(
-        reconstruct_module,
-        "train_unit",
-        lambda unit, state, data, *a: (
-            drops.append((data.float_inputs, [q.drop_probability for q in state.activations]))
-            or real_train(unit, state, data, *a)
+    spy_on_training(
+        monkeypatch,
+        lambda state, data: drops.append(
+            (data.float_inputs, [q.drop_probability for q in state.activations])
         ),
     )
     reconstruct(student, tiny_entry.module, x, ReconstructConfig(**FAST | {"drop_probability": 0.0}))
@@ -205,12 +214,7 @@ def test_copies_follow_the_samples_as_seeded_crops_and_flips_of_them():
 def test_units_are_trained_on_the_samples_and_their_copies(tiny_entry, monkeypatch):
     x = torch.randn(16, 3, 8, 8)
     sizes = []
-    real_train = reconstruct_module.train_unit
-    monkeypatch.setattr(
-        reconstruct_module,
-        "train_unit",
-        lambda unit, state, data, *a: sizes.append(len(data.inputs)) or real_train(unit, state, data, *a),
-    )
+    spy_on_training(monkeypatch, lambda state, data: sizes.append(len(data.inputs)))
     options = ReconstructConfig(**FAST | {"iterations": 5, "copies": 3})
     reconstruct(calibrated(tiny_entry.module, x), tiny_entry.module, x, options)
     assert sizes == [64, 64, 64]
