@@ -30,7 +30,7 @@ from dfq.quant.observers import own_options
 from dfq.quant.reconstruct import ReconstructConfig
 from dfq.steps import STEPS
 from dfq.synthesis.batches import SYNTHESIS_TIME
-from dfq.synthesis.generators import DEFAULT_LOSSES, GeneratorConfig
+from dfq.synthesis.generators import GeneratorConfig, weights_of
 
 SOURCE_ORDER = (
     "real",
@@ -313,9 +313,9 @@ def recipe_records(recipe: DictConfig) -> list[dict[str, Any]]:
     none when it is the preset as it is. An option the run's config lacks predates it: the default."""
     preset = dict(preset_recipe(str(recipe.name)))
     own = OmegaConf.to_container(recipe, resolve=True)
-    for options in (preset, own):  # `losses: null` is BNS alone (GeneratorConfig.loss_weights)
-        if options.get("losses", {}) is None:
-            options["losses"] = dict(DEFAULT_LOSSES)
+    for options in (preset, own):
+        if "losses" in options:
+            options["losses"] = weights_of(options["losses"])
     changed = {
         key: value
         for key, value in own.items()

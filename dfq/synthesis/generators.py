@@ -101,6 +101,13 @@ LAYER_WEIGHTINGS: dict[str, Callable[[int], torch.Tensor]] = {
 
 
 DEFAULT_LOSSES = {"bn_kl": 1.0}
+
+
+def weights_of(losses: dict[str, float] | None) -> dict[str, float]:
+    """A recipe's `losses` as weights: unset (None) is BNS alone."""
+    return dict(DEFAULT_LOSSES) if losses is None else dict(losses)
+
+
 LATER_OPTIONS = ("image", "latent_dim", "network_lr", "swing")
 
 
@@ -205,7 +212,7 @@ class GeneratorConfig:
     @property
     def loss_weights(self) -> dict[str, float]:
         """`losses`, or BNS alone when it is None (left unset)."""
-        return dict(DEFAULT_LOSSES) if self.losses is None else dict(self.losses)
+        return weights_of(self.losses)
 
     @property
     def active_losses(self) -> dict[str, float]:
