@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dfq.errors import UserError
 from dfq.io import atomic_path
-from dfq.published import drop_rows, drops_markdown, plot_drops
 from dfq.results import aggregate, read_table
+from dfq.results.published import drop_rows, drops_markdown, plot_drops
 
 
 def main(argv: list[str] | None = None) -> int:

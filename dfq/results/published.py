@@ -13,7 +13,8 @@ from typing import Any
 
 from dfq.errors import UserError
 from dfq.io import save_png
-from dfq.results import markdown_table, row_label, steps_label
+from dfq.results.report import markdown_table, row_label
+from dfq.results.table import steps_label
 
 BITS = ("W4A4", "W3A3")
 

@@ -1,14 +1,14 @@
-"""dfq's rows beside the published methods in drops from full precision (dfq.published)."""
+"""dfq's rows beside the published methods in drops from full precision (dfq.results.published)."""
 
 from __future__ import annotations
 
 import pytest
 
 from dfq.errors import UserError
-from dfq.published import drop_rows, drops_markdown
 from dfq.results import aggregate, collect, write_report
+from dfq.results.published import drop_rows, drops_markdown
 from tests.conftest import load_script
-from tests.test_results import fake_run
+from tests.results.fake_runs import fake_run
 
 
 def test_drops_are_each_methods_own_fp_minus_its_top1(tmp_path):
