@@ -23,8 +23,37 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torchvision
+from torch import nn
 
 from dfq.io import atomic_path, save_json
+from dfq.models.cifar_resnet import cifar_resnet
+from dfq.models.normalization import Normalization
+
+# The subjects of the benchmarks: random-weight models (speed does not depend on the weights)
+CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10)
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1000)
+MODELS = {  # name -> (constructor, normalization constants)
+    "resnet20": (lambda: cifar_resnet(20), CIFAR),
+    "resnet18": (lambda: torchvision.models.resnet18(weights=None), IMAGENET),
+    "resnet50": (lambda: torchvision.models.resnet50(weights=None), IMAGENET),
+}
+VARIANTS = {  # name -> (speed switches, Lightning precision)
+    "fp32": ({}, "32-true"),
+    "channels_last": ({"channels_last": True}, "32-true"),
+    "bf16": ({}, "bf16-mixed"),
+    "compile": ({"compile": True}, "32-true"),
+    "compile+static": ({"compile": True, "static_shapes": True}, "32-true"),
+    "checkpointing": ({"checkpointing": True}, "32-true"),
+    "bf16+cl+compile": ({"channels_last": True, "compile": True, "static_shapes": True}, "bf16-mixed"),
+}
+
+
+def build(name: str, resolution: int) -> tuple[nn.Module, Normalization]:
+    """Model `name` (random weights, eval mode) and its input normalization at `resolution`."""
+    make, (mean, std, classes) = MODELS[name]
+    return make().eval(), Normalization(mean, std, resolution, classes)
+
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

@@ -12,8 +12,6 @@ run's peak memory.
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,15 +19,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_synthesis import MODELS, VARIANTS, build  # noqa: E402
-
-from dfq.benchmark import StepTimer, command_line, machine, peak_memory  # noqa: E402
-from dfq.distill.module import DistillationModule, FinetuneConfig  # noqa: E402
-from dfq.quant.calibrate import calibrate  # noqa: E402
-from dfq.quant.policy import QuantPolicy  # noqa: E402
-from dfq.quant.prepare import quantize  # noqa: E402
-from dfq.speed import SpeedConfig  # noqa: E402
+from dfq.benchmark import MODELS, VARIANTS, StepTimer, build, command_line, machine, peak_memory
+from dfq.distill.module import DistillationModule, FinetuneConfig
+from dfq.quant.calibrate import calibrate
+from dfq.quant.policy import QuantPolicy
+from dfq.quant.prepare import quantize
+from dfq.speed import SpeedConfig
 
 COLUMNS = {
     "model": "model",

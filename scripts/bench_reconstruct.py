@@ -17,15 +17,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_synthesis import MODELS  # noqa: E402
-
-from dfq.benchmark import machine, markdown_table  # noqa: E402
-from dfq.config import compose_config, validate  # noqa: E402
-from dfq.io import atomic_path, save_json  # noqa: E402
-from dfq.quant.calibrate import calibrate  # noqa: E402
-from dfq.quant.prepare import quantize  # noqa: E402
-from dfq.quant.reconstruct import reconstruct  # noqa: E402
+from dfq.benchmark import MODELS, machine, markdown_table
+from dfq.config import compose_config, validate
+from dfq.io import atomic_path, save_json
+from dfq.quant.calibrate import calibrate
+from dfq.quant.prepare import quantize
+from dfq.quant.reconstruct import reconstruct
 
 
 def main() -> None:

@@ -16,41 +16,24 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torchvision
-from torch import nn
 from torch.utils.data import DataLoader
 
 from dfq.benchmark import (
+    MODELS,
+    VARIANTS,
     StepTimer,
     autocast,
+    build,
     command_line,
     machine,
     peak_memory,
     saved_for_backward,
     time_calls,
 )
-from dfq.models.cifar_resnet import cifar_resnet
-from dfq.models.normalization import Normalization
 from dfq.speed import SpeedConfig, to_memory_format
 from dfq.synthesis.generators import GeneratorConfig
 from dfq.synthesis.module import SynthesisModule, TeacherRunner
 
-CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10)
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1000)
-MODELS = {  # name -> (constructor, normalization constants)
-    "resnet20": (lambda: cifar_resnet(20), CIFAR),
-    "resnet18": (lambda: torchvision.models.resnet18(weights=None), IMAGENET),
-    "resnet50": (lambda: torchvision.models.resnet50(weights=None), IMAGENET),
-}
-VARIANTS = {  # name -> (speed switches, Lightning precision)
-    "fp32": ({}, "32-true"),
-    "channels_last": ({"channels_last": True}, "32-true"),
-    "bf16": ({}, "bf16-mixed"),
-    "compile": ({"compile": True}, "32-true"),
-    "compile+static": ({"compile": True, "static_shapes": True}, "32-true"),
-    "checkpointing": ({"checkpointing": True}, "32-true"),
-    "bf16+cl+compile": ({"channels_last": True, "compile": True, "static_shapes": True}, "bf16-mixed"),
-}
 COLUMNS = {
     "model": "model",
     "resolution": "input",
@@ -63,11 +46,6 @@ COLUMNS = {
     "peak_mib": "peak MiB",
     "saved_mib": "saved for backward MiB",
 }
-
-
-def build(name: str, resolution: int) -> tuple[nn.Module, Normalization]:
-    make, (mean, std, classes) = MODELS[name]
-    return make().eval(), Normalization(mean, std, resolution, classes)
 
 
 def measure(case: dict[str, Any]) -> dict[str, Any]:

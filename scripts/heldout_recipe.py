@@ -12,107 +12,18 @@ probability and the samples' std on them, and each top-1.
 
 from __future__ import annotations
 
-import argparse
-import copy
-import dataclasses
-import json
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
-import hydra
-import torch
-from torch.utils.data import Subset
-
-from dfq.config import compose_config, validate
-from dfq.data.sample_set import SampleSet
-from dfq.distill.distill import distill
-from dfq.errors import UserError
-from dfq.evaluate import top1
-from dfq.models.load import ModelEntry
-from dfq.pipeline import compress, load_teacher, sample_path
-from dfq.samples import make_samples
-
-PTQ_BITS = ((8, 8), (6, 6), (4, 8), (4, 4))
-CLIP = 1.0  # finetune.grad_clip of the clipped QAT (docs/RESULTS.md, "QAT with gradient clipping")
-
-
-OPTIONS = {"logger": False, "enable_progress_bar": False, "accelerator": "cpu", "devices": 1}
-
-
-def heldout_setup(
-    overrides: list[str], heldout_range: range
-) -> tuple[Any, ModelEntry, Subset, SampleSet, dict]:
-    """What every held-out judgement starts from: the typed config, the teacher, the held-out training
-    images, the main generator's samples (from the shared cache, or made now), and the row so far
-    (the overrides and the synthesis seconds)."""
-    cfg = compose_config(overrides, "outputs/heldout")
-    config = validate(cfg)
-    data = hydra.utils.instantiate(cfg.dataset)
-    teacher = load_teacher(cfg.model, data)
-    heldout = Subset(data.split("train", teacher.normalization), heldout_range)
-    start = time.time()
-    path = sample_path(config, teacher, config.generator, Path("outputs/heldout"))
-    samples = make_samples(teacher, config.generator, data, path, OPTIONS)
-    return (
-        config,
-        teacher,
-        heldout,
-        samples,
-        {"overrides": overrides, "synthesis_s": round(time.time() - start)},
-    )
-
-
-def judge(overrides: list[str], heldout_range: range, qat: bool = True) -> dict:
-    """The row of one recipe: sample statistics and held-out top-1 after PTQ and QAT."""
-    config, teacher, heldout, samples, row = heldout_setup(overrides, heldout_range)
-    with torch.no_grad():
-        probability = teacher.module.eval()(samples.x).softmax(1).max(1).values.mean()
-    row |= {"top_probability": round(float(probability), 4), "sample_std": round(float(samples.x.std()), 3)}
-    for w_bits, a_bits in PTQ_BITS:
-        policy = dataclasses.replace(config.quant, w_bits=w_bits, a_bits=a_bits)
-        torch.manual_seed(0)  # observers subsample large layers at random
-        student = compress(teacher.module, samples, policy, config.calibrate)
-        row[f"W{w_bits}A{a_bits}"] = round(top1(student, heldout, 500), 2)
-    if qat:  # `student` is the calibrated W4A4 one
-        for key, clip in (("W4A4_qat", None), ("W4A4_qat_clipped", CLIP)):
-            finetune = dataclasses.replace(config.finetune, enabled=True, grad_clip=clip)
-            tuned = distill(copy.deepcopy(student), teacher.module, samples.x, finetune, None, OPTIONS)
-            row[key] = round(top1(tuned, heldout, 500), 2)
-    return row
-
-
-def report(script: str, judge_row, args: argparse.Namespace) -> int:
-    """Judge on the held-out range `args.heldout`, print the row, append it to `args.out`; the exit status."""
-    start, stop = (int(v) for v in args.heldout.split(":"))
-    try:
-        row = judge_row(args.overrides, range(start, stop))
-    except (UserError, ValueError, OSError) as error:
-        print(f"{script}: error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(row), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as out:
-            out.write(json.dumps(row) + "\n")
-    return 0
-
-
-def parser_for(doc: str) -> argparse.ArgumentParser:
-    """The held-out scripts' shared command line: overrides, the held-out range, the JSON-lines file."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="dfq config overrides (experiment, generator, seed)")
-    parser.add_argument("--heldout", default="5000:10000", help="start:stop of the training images")
-    parser.add_argument("--out", type=Path, help="append the row to this JSON-lines file")
-    return parser
+from dfq.evaluate.heldout import heldout_parser, judge_recipe, report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = parser_for(__doc__)
+    parser = heldout_parser(__doc__)
     parser.add_argument("--no-qat", action="store_true", help="calibration only")
     args = parser.parse_args(argv)
-    return report("heldout_recipe", lambda overrides, images: judge(overrides, images, not args.no_qat), args)
+    return report(
+        "heldout_recipe", lambda overrides, images: judge_recipe(overrides, images, not args.no_qat), args
+    )
 
 
 if __name__ == "__main__":

@@ -13,28 +13,12 @@ record (options, held-out top-1, wall time), the student's size and any mixed-pr
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_recipe import OPTIONS, heldout_setup, parser_for, report  # noqa: E402
-
-from dfq.pipeline import evaluate_source  # noqa: E402
-
-
-def judge(overrides: list[str], heldout: range) -> dict:
-    """Synthesize (or reuse) the main generator's samples and run the configured steps on them,
-    scoring each on the held-out training images."""
-    config, teacher, images, samples, row = heldout_setup(
-        [*overrides, "compare=none", "logger=none"], heldout
-    )
-    row["overrides"] = overrides
-    result = evaluate_source(teacher, samples, config, images, OPTIONS)
-    chosen = {"mixed_precision": result["mixed_precision"]} if "mixed_precision" in result else {}
-    return row | {"steps": result["steps"], "size": result["size"]} | chosen
+from dfq.evaluate.heldout import heldout_parser, judge_steps, report
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report("heldout_steps", judge, parser_for(__doc__).parse_args(argv))
+    return report("heldout_steps", judge_steps, heldout_parser(__doc__).parse_args(argv))
 
 
 if __name__ == "__main__":

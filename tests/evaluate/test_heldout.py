@@ -1,4 +1,5 @@
-"""scripts/heldout_recipe.py and heldout_steps.py: recipes judged on held-out training images."""
+"""Recipes judged on held-out training images (dfq.evaluate.heldout, scripts/heldout_recipe.py and
+heldout_steps.py)."""
 
 from __future__ import annotations
 
