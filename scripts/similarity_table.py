@@ -34,7 +34,7 @@ from dfq.models.load import ModelEntry
 from dfq.pipeline import compress, limit, load_teacher
 from dfq.record import save_grid
 from dfq.samples import make_samples
-from dfq.similarity import batchnorm_similarity
+from dfq.synthesis.similarity import batchnorm_similarity
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATORS = ["gaussian", "inception", "bn_stats", "bn_stats_inception", "zeroq", "deepinversion"]

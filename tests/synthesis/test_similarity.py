@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dfq.similarity import batchnorm_similarity, gaussian_noise
 from dfq.synthesis.bn_stats import NoBatchNormError
+from dfq.synthesis.similarity import batchnorm_similarity, gaussian_noise
 
 
 def one_bn_layer(mean: list[float], var: list[float]) -> nn.Module:
