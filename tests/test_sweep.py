@@ -92,6 +92,7 @@ TERMS = {  # finetune_term option -> the finetune fields it sets, on top of the 
     "synq_cam": {"cam_weight": 200.0},
     "synq_low_pass": {"low_pass": 20.0},
     "hast": {"hard_step": 0.01},
+    "synq": {"low_pass": 20.0, "cam_weight": 200.0, "label_filter": "difficulty", "label_threshold": 0.5},
 }
 
 

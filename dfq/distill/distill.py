@@ -52,6 +52,13 @@ def batches_for(
     return train, holdout
 
 
+def resume_path(checkpoint_dir: str | Path, resume: bool) -> str | None:
+    """The checkpoint a rerun resumes from: `last.ckpt` (ModelCheckpoint with save_top_k=1 and no
+    monitor keeps the latest epoch there), if resuming and it exists."""
+    last = Path(checkpoint_dir) / "last.ckpt"
+    return str(last) if resume and last.is_file() else None
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -84,10 +91,8 @@ def distill(
     callbacks = [FiniteLossGuard("distillation", every=max(1, steps // config.epochs)), progress]
     resume = None
     if checkpoint_dir is not None:
-        # save_top_k=1 without a monitor keeps the latest epoch; last.ckpt is what a rerun resumes from
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1))
-        last = Path(checkpoint_dir) / "last.ckpt"
-        resume = str(last) if config.resume and last.is_file() else None
+        resume = resume_path(checkpoint_dir, config.resume)
     options = {"logger": False, "enable_progress_bar": False, **(trainer_options or {})}
     trainer = pl.Trainer(
         max_epochs=config.epochs,
