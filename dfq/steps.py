@@ -69,11 +69,12 @@ def distill_step(student: nn.Module, options: FinetuneConfig, context: StepConte
 
 
 def reconstruct_step(student: nn.Module, options: ReconstructConfig, context: StepContext) -> nn.Module:
-    """Block reconstruction (dfq.quant.reconstruct) on the first `options.num_samples` samples,
-    resumable through `out_dir/reconstruct`; each unit's losses go to the run's logger."""
+    """Block reconstruction (dfq.quant.reconstruct) on the first `options.num_samples` samples, in the
+    speed switches' memory format, resumable through `out_dir/reconstruct`; each unit's losses go to
+    the run's logger."""
     x = context.samples.first(options.num_samples, "reconstruct.num_samples").x
     state_dir = context.out_dir / "reconstruct" if context.out_dir else None
-    student, losses = reconstruct(student, context.float_student, x, options, state_dir)
+    student, losses = reconstruct(student, context.float_student, x, options, state_dir, context.speed)
     logger = context.trainer_options.get("logger")
     if logger and hasattr(logger, "log_metrics"):
         for index, unit in enumerate(losses):

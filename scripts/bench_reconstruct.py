@@ -23,6 +23,7 @@ from dfq.io import atomic_path, save_json
 from dfq.quant.calibrate import calibrate
 from dfq.quant.prepare import quantize
 from dfq.quant.reconstruct import reconstruct
+from dfq.speed import SpeedConfig
 
 
 def main() -> None:
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--quant", default="strict", help="a conf/quant option")
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--iterations", type=int, default=50, help="per unit (the timing's sample)")
+    parser.add_argument("--channels-last", action="store_true", help="speed.channels_last=true")
     parser.add_argument("--out", type=Path, help="write <out>.json")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -46,7 +48,8 @@ def main() -> None:
     config = validate(compose_config([*overrides, "logger=none", "model=resnet20"], "outputs/bench"))
     student = calibrate(quantize(model, config.quant, x[:2]), x)
     start = time.perf_counter()
-    _, units = reconstruct(student, model, x, config.reconstruct)
+    speed = SpeedConfig(channels_last=args.channels_last)
+    _, units = reconstruct(student, model, x, config.reconstruct, speed=speed)
     total = time.perf_counter() - start
     per_iteration = sum(unit["seconds"] for unit in units) / (len(units) * args.iterations)
     result = {
@@ -55,6 +58,7 @@ def main() -> None:
         "model": args.model,
         "recipe": args.recipe,
         "quant": args.quant,
+        "channels_last": args.channels_last,
         "samples": args.samples,
         "iterations": args.iterations,
         "units": [{"unit": u["unit"], "s_per_iteration": u["seconds"] / args.iterations} for u in units],
@@ -78,7 +82,7 @@ def markdown(result: dict) -> str:
     return "\n".join(
         [
             f"Reconstruction speed: {result['model']}, recipe `{result['recipe']}`, "
-            f"quant `{result['quant']}`, "
+            f"quant `{result['quant']}`, channels_last {result['channels_last']}, "
             f"{result['samples']} samples, {result['iterations']} timed iterations per unit.",
             "",
             markdown_table(rows, {"unit": "unit", "ms": "ms per iteration"}),

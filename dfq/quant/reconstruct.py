@@ -38,6 +38,7 @@ from dfq.quant.policy import graph_order
 from dfq.quant.quantizer import Quantizer
 from dfq.quant.rounding import AdaRound, annealed_beta
 from dfq.ranges import SEED_MAX, check_ranges, ranged
+from dfq.speed import SpeedConfig, to_memory_format
 
 log = logging.getLogger(__name__)
 
@@ -368,11 +369,16 @@ def reconstruct(
     x: torch.Tensor,
     options: ReconstructConfig,
     state_dir: str | Path | None = None,
+    speed: SpeedConfig | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Reconstruct the calibrated `student` unit by unit against the float `reference` (the network
     it was quantized from) on samples `x`; returns it with one loss record per unit. With
-    `state_dir`, every finished unit is saved there and a rerun resumes after the last one."""
-    x = with_copies(x, options)
+    `state_dir`, every finished unit is saved there and a rerun resumes after the last one. `speed`:
+    its memory format (channels_last) for both networks and the samples; compiling does not apply."""
+    x = to_memory_format(with_copies(x, options), speed)
+    if speed is not None:
+        student.to(memory_format=speed.memory_format)
+        reference.to(memory_format=speed.memory_format)
     units = split_units(student, x, options.unit)
     path = Path(state_dir) / STATE_FILE if state_dir else None
     saved = resume_state(path, units, options)

@@ -32,6 +32,7 @@ from dfq.quant.reconstruct import (
     with_copies,
 )
 from dfq.quant.rounding import AdaRound, annealed_beta, rectified_sigmoid
+from dfq.speed import SpeedConfig
 
 FAST = {"iterations": 60, "batch_size": 16, "method": "brecq"}
 
@@ -273,6 +274,21 @@ def test_an_interrupted_reconstruction_resumes_to_the_same_student(tmp_path, mon
     assert set(expected) == set(got)
     for name, value in expected.items():
         assert torch.equal(value, got[name]), name
+
+
+def test_channels_last_reconstructs_the_same_student_in_that_layout():
+    torch.manual_seed(0)
+    model = cifar_resnet(8).eval()
+    x = torch.randn(32, 3, 32, 32)
+    options = ReconstructConfig(**FAST | {"iterations": 20})
+    plain, _ = reconstruct(calibrated(model, x), model, x, options)
+    reference = copy.deepcopy(model)
+    fast, _ = reconstruct(
+        calibrated(reference, x), reference, x, options, speed=SpeedConfig(channels_last=True)
+    )
+    assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_sigterm_stops_the_loop_with_the_finished_units_saved(tiny_entry, tmp_path, monkeypatch):
