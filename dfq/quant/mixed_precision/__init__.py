@@ -1,4 +1,5 @@
-"""Data-free mixed precision: per-layer weight widths for a size budget, chosen on samples."""
+"""Data-free mixed precision: per-layer weight (and optionally input) widths for a size budget, chosen
+on samples."""
 
 from dfq.quant.mixed_precision.cost import model_size
 from dfq.quant.mixed_precision.plan import (

@@ -1,6 +1,7 @@
 """Per-layer sensitivity to weight quantization, measured on samples (no labels): one registry,
 `SENSITIVITIES`, name -> function(model, samples, layers, candidates, weight spec, options) giving
-{layer name: {bits: sensitivity}}; larger means quantizing that layer at those bits hurts more."""
+{layer name: {bits: sensitivity}}; larger means quantizing that layer at those bits hurts more.
+`zeroq_input_sensitivity` measures the same for a layer's input, where input widths are searched."""
 
 from __future__ import annotations
 
@@ -87,6 +88,48 @@ def zeroq_sensitivity(
             result[name] = {}
             for bits in candidates:
                 with swapped_weight(layer, quantized_weight(layer.weight, spec, bits)):
+                    result[name][bits] = output_divergence(model, inputs, reference)
+                progress.update()
+    return result
+
+
+@contextlib.contextmanager
+def quantized_input(layer: nn.Module, quantizer: Quantizer) -> Iterator[None]:
+    """`layer` sees its input through `quantizer` inside the block (observing or quantizing)."""
+    handle = layer.register_forward_pre_hook(lambda _module, args: (quantizer(args[0]), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def zeroq_input_sensitivity(
+    model: nn.Module,
+    samples: torch.Tensor,
+    layers: Sequence[str],
+    candidates: Sequence[int],
+    spec: QuantSpec,
+    options: SensitivityOptions,
+) -> Sensitivity:
+    """ZeroQ's measure for activations: the KL divergence of the network's output when only that
+    layer's input is quantized at b bits (its range observed on the same samples), all else float."""
+    model.eval()
+    inputs = batches(samples, options.batch_size)
+    with torch.no_grad():
+        reference = [model(batch) for batch in inputs]
+    result: Sensitivity = {}
+    with Progress(len(layers) * len(candidates), "zeroq input sensitivity") as progress:
+        for name in layers:
+            layer = model.get_submodule(name)
+            result[name] = {}
+            for bits in candidates:
+                quantizer = Quantizer(spec.with_bits(bits), channel_axis=1, batched=True)
+                with quantized_input(layer, quantizer), torch.no_grad():
+                    quantizer.observing = True
+                    for batch in inputs:
+                        model(batch)
+                    quantizer.observing = False
+                    quantizer.freeze()
                     result[name][bits] = output_divergence(model, inputs, reference)
                 progress.update()
     return result

@@ -8,11 +8,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-Table = dict[str, dict[int, float]]  # layer name -> bits -> value
+Table = dict[str, dict[Any, float]]  # layer name -> option (bits, or a (weight, input) bits pair) -> value
 
 
 def cheapest(cost: Table) -> float:
@@ -35,9 +36,9 @@ def quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
-def solve(sensitivity: Table, cost: Table, limit: float) -> dict[str, int]:
-    """Bits per layer of least summed sensitivity whose summed cost is at most `limit`; ValueError
-    when even the cheapest choice exceeds it."""
+def solve(sensitivity: Table, cost: Table, limit: float) -> dict[str, Any]:
+    """The option per layer (its bits) of least summed sensitivity whose summed cost is at most
+    `limit`; ValueError when even the cheapest choice exceeds it."""
     floor = cheapest(cost)
     if floor > limit * (1 + 1e-12):
         raise ValueError(f"budget {limit:.6g} is below the cheapest choice of widths ({floor:.6g})")
@@ -63,6 +64,6 @@ def solve(sensitivity: Table, cost: Table, limit: float) -> dict[str, int]:
     return {name: bits for (name, bits), x in zip(pairs, result.x, strict=True) if x > 0.5}
 
 
-def total(table: Table, choice: dict[str, int]) -> float:
+def total(table: Table, choice: dict[str, Any]) -> float:
     """The summed value of a choice (its sensitivity or its cost)."""
     return sum(table[name][bits] for name, bits in choice.items())

@@ -44,13 +44,42 @@ def test_saved_widths_reproduce_the_policy(tmp_path):
     saved = MixedPrecisionConfig("saved", path=str(tmp_path / "widths.yaml"))
     again, _ = choose_bits(model, SAMPLES, QuantPolicy(), saved)
     assert layer_widths(again) == layer_widths(policy)
-    assert load_widths(tmp_path / "widths.yaml", ["conv1", "conv2", "fc"]) == report["widths"]
+    assert load_widths(tmp_path / "widths.yaml", ["conv1", "conv2", "fc"]) == (report["widths"], {})
+
+
+def test_input_widths_are_chosen_with_the_weights_under_a_bops_budget(tmp_path):
+    model = TinyBNNet().eval()
+    options = MixedPrecisionConfig(
+        "zeroq", [2, 4, 8], "bops", 2.0e5, frontier_points=3, activation_candidates=[2, 4, 8]
+    )
+    policy, report = choose_bits(model, SAMPLES, QuantPolicy(w_bits=4, a_bits=8), options)
+    size = model_size(quantize(model, policy, SAMPLES[:2]), SAMPLES)
+    assert size["bops"] <= 2.0e5 and size["bops"] == pytest.approx(report["planned_bops"])
+    assert set(report["input_widths"]) == set(report["widths"]) == {"conv1", "conv2", "fc"}
+    assert [bits.a_bits for bits in layer_widths(policy)] == [
+        report["input_widths"][n] for n in ("conv1", "conv2", "fc")
+    ]
+    assert min(report["input_widths"].values()) < 8  # the budget cannot be met with every input at 8 bits
+    save_widths(report["widths"], tmp_path / "widths.yaml", report["input_widths"])
+    saved = MixedPrecisionConfig("saved", path=str(tmp_path / "widths.yaml"))
+    again, reloaded = choose_bits(model, SAMPLES, QuantPolicy(w_bits=4, a_bits=8), saved)
+    assert layer_widths(again) == layer_widths(policy) and reloaded["input_widths"] == report["input_widths"]
 
 
 def test_bad_inputs_fail_with_a_clear_message(tmp_path):
     (tmp_path / "w.yaml").write_text("conv9: {w_bits: 3}\n")
     with pytest.raises(ValueError, match="'conv9' is not a conv/linear layer"):
         load_widths(tmp_path / "w.yaml", ["conv1"])
+    with pytest.raises(ValueError, match="activation_candidates needs mixed_precision.budget_kind=bops"):
+        MixedPrecisionConfig("zeroq", budget=3.0, activation_candidates=[4, 8])
+    after = QuantPolicy(placement="after_activation")
+    with pytest.raises(ValueError, match="needs quant.placement=layer_input, not after_activation"):
+        choose_bits(
+            TinyBNNet().eval(),
+            SAMPLES,
+            after,
+            MixedPrecisionConfig("zeroq", [4], "bops", 1e9, activation_candidates=[4]),
+        )
     with pytest.raises(ValueError, match="needs a budget"):
         MixedPrecisionConfig("zeroq")
     with pytest.raises(ValueError, match="method='zeroqq' is invalid"):

@@ -9,6 +9,7 @@ from dfq.quant.mixed_precision.sensitivity import (
     SensitivityOptions,
     hessian_traces,
     quantized_weight,
+    zeroq_input_sensitivity,
 )
 from dfq.quant.quantizer import QuantSpec
 
@@ -41,6 +42,25 @@ def test_the_layer_that_hurts_more_is_more_sensitive(method):
     assert result["0"][2] > result["2"][2] + 1e-6
     assert result["2"][2] == pytest.approx(0.0, abs=1e-9)
     assert result["0"][2] > result["0"][4] > result["0"][8]  # fewer bits, larger sensitivity
+
+
+class Step(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x > 0).float()
+
+
+def test_the_layer_whose_input_quantization_hurts_more_is_more_sensitive():
+    """fc2's input is 0 or 1 (a step function), which every grid over [0, 1] holds exactly; fc1's is
+    Gaussian."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), Step(), nn.Linear(8, 3)).eval()
+    spec = QuantSpec(granularity="per_tensor")
+    result = zeroq_input_sensitivity(
+        net, torch.randn(64, 6), ["0", "2"], [2, 4, 8], spec, SensitivityOptions(32)
+    )
+    assert result["2"][2] == pytest.approx(0.0, abs=1e-9)
+    assert result["0"][2] > result["0"][4] >= result["0"][8]  # 8 bits flip no sign of fc1's output here
+    assert not net[0]._forward_pre_hooks  # the measuring hooks are gone
 
 
 def test_hutchinson_trace_approaches_the_exact_hessian_trace():
