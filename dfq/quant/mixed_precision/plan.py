@@ -297,12 +297,11 @@ def load_widths(path: str | Path, layers: list[str]) -> tuple[dict[str, int], di
         if name not in layers:
             raise ValueError(f"{path}: {name!r} is not a conv/linear layer of this model; valid: {layers}")
         entry = entry if isinstance(entry, dict) else {}
-        for key in WIDTH_KEYS:
+        for key in ("w_bits", *(key for key in WIDTH_KEYS[1:] if key in entry)):  # w_bits required
             bits = entry.get(key)
-            if (key == "w_bits" or key in entry) and bits not in BIT_RANGE:
+            if bits not in BIT_RANGE:
                 raise ValueError(out_of_range(f"{path}: {name}.{key}", bits, BIT_RANGE))
-            if key in entry:
-                chosen[key][name] = int(bits)
+            chosen[key][name] = int(bits)
     return chosen["w_bits"], chosen["a_bits"]
 
 
