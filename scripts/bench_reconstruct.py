@@ -79,10 +79,11 @@ def markdown(result: dict) -> str:
     rows = [{"unit": u["unit"], "ms": u["s_per_iteration"] * 1000} for u in result["units"]]
     rows += [{"unit": f"all {len(rows)} units", "ms": f"{result['mean_s_per_iteration'] * 1000:.1f} (mean)"}]
     extrapolated = result["mean_s_per_iteration"] * len(result["units"]) / 60
+    layout = "channels_last" if result.get("channels_last") else "contiguous"  # absent: written before it
     return "\n".join(
         [
             f"Reconstruction speed: {result['model']}, recipe `{result['recipe']}`, "
-            f"quant `{result['quant']}`, channels_last {result['channels_last']}, "
+            f"quant `{result['quant']}`, {layout} layout, "
             f"{result['samples']} samples, {result['iterations']} timed iterations per unit.",
             "",
             markdown_table(rows, {"unit": "unit", "ms": "ms per iteration"}),

@@ -81,3 +81,5 @@ def test_reconstruction_benchmark_table_extrapolates_to_the_recipes_iterations()
     text = bench.markdown(result)
     assert "| layer1.0 | 50.0 |" in text and "| all 2 units | 30.0 (mean) |" in text
     assert "1,000 iterations per unit take 1.0 minutes" in text  # 0.03 s x 2 units x 1,000 / 60
+    assert "contiguous layout" in text  # results written before --channels-last existed
+    assert "channels_last layout" in bench.markdown(result | {"channels_last": True})
