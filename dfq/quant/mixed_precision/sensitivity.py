@@ -67,6 +67,36 @@ def output_divergence(
     return total / count
 
 
+Perturbation = Callable[[nn.Module, int, list[torch.Tensor]], contextlib.AbstractContextManager]
+
+
+def output_sensitivity(
+    model: nn.Module,
+    samples: torch.Tensor,
+    layers: Sequence[str],
+    candidates: Sequence[int],
+    options: SensitivityOptions,
+    perturb: Perturbation,
+    label: str,
+) -> Sensitivity:
+    """ZeroQ's measure (Cai et al., CVPR 2020): the KL divergence of the network's output while one
+    layer at a time is perturbed at each width (`perturb(layer, bits, batches)`), all else as it is."""
+    model.eval()
+    inputs = batches(samples, options.batch_size)
+    with torch.no_grad():
+        reference = [model(batch) for batch in inputs]
+    result: Sensitivity = {}
+    with Progress(len(layers) * len(candidates), label) as progress:
+        for name in layers:
+            layer = model.get_submodule(name)
+            result[name] = {}
+            for bits in candidates:
+                with perturb(layer, bits, inputs):
+                    result[name][bits] = output_divergence(model, inputs, reference)
+                progress.update()
+    return result
+
+
 def zeroq_sensitivity(
     model: nn.Module,
     samples: torch.Tensor,
@@ -77,27 +107,30 @@ def zeroq_sensitivity(
 ) -> Sensitivity:
     """ZeroQ's (Cai et al., CVPR 2020): the KL divergence of the network's output when only that
     layer's weights are quantized at b bits, every other tensor in floating point."""
-    model.eval()
-    inputs = batches(samples, options.batch_size)
-    with torch.no_grad():
-        reference = [model(batch) for batch in inputs]
-    result: Sensitivity = {}
-    with Progress(len(layers) * len(candidates), "zeroq sensitivity") as progress:
-        for name in layers:
-            layer = model.get_submodule(name)
-            result[name] = {}
-            for bits in candidates:
-                with swapped_weight(layer, quantized_weight(layer.weight, spec, bits)):
-                    result[name][bits] = output_divergence(model, inputs, reference)
-                progress.update()
-    return result
+
+    def perturb(
+        layer: nn.Module, bits: int, _inputs: list[torch.Tensor]
+    ) -> contextlib.AbstractContextManager:
+        return swapped_weight(layer, quantized_weight(layer.weight, spec, bits))
+
+    return output_sensitivity(model, samples, layers, candidates, options, perturb, "zeroq sensitivity")
 
 
 @contextlib.contextmanager
-def quantized_input(layer: nn.Module, quantizer: Quantizer) -> Iterator[None]:
-    """`layer` sees its input through `quantizer` inside the block (observing or quantizing)."""
+def quantized_input(
+    model: nn.Module, layer: nn.Module, spec: QuantSpec, inputs: list[torch.Tensor]
+) -> Iterator[None]:
+    """`layer` sees its input fake-quantized by `spec` inside the block, the range observed first on
+    `model`'s passes over `inputs`."""
+    quantizer = Quantizer(spec, channel_axis=1, batched=True)
     handle = layer.register_forward_pre_hook(lambda _module, args: (quantizer(args[0]), *args[1:]))
     try:
+        quantizer.observing = True
+        with torch.no_grad():
+            for batch in inputs:
+                model(batch)
+        quantizer.observing = False
+        quantizer.freeze()
         yield
     finally:
         handle.remove()
@@ -113,26 +146,11 @@ def zeroq_input_sensitivity(
 ) -> Sensitivity:
     """ZeroQ's measure for activations: the KL divergence of the network's output when only that
     layer's input is quantized at b bits (its range observed on the same samples), all else float."""
-    model.eval()
-    inputs = batches(samples, options.batch_size)
-    with torch.no_grad():
-        reference = [model(batch) for batch in inputs]
-    result: Sensitivity = {}
-    with Progress(len(layers) * len(candidates), "zeroq input sensitivity") as progress:
-        for name in layers:
-            layer = model.get_submodule(name)
-            result[name] = {}
-            for bits in candidates:
-                quantizer = Quantizer(spec.with_bits(bits), channel_axis=1, batched=True)
-                with quantized_input(layer, quantizer), torch.no_grad():
-                    quantizer.observing = True
-                    for batch in inputs:
-                        model(batch)
-                    quantizer.observing = False
-                    quantizer.freeze()
-                    result[name][bits] = output_divergence(model, inputs, reference)
-                progress.update()
-    return result
+
+    def perturb(layer: nn.Module, bits: int, inputs: list[torch.Tensor]) -> contextlib.AbstractContextManager:
+        return quantized_input(model, layer, spec.with_bits(bits), inputs)
+
+    return output_sensitivity(model, samples, layers, candidates, options, perturb, "zeroq input sensitivity")
 
 
 def hessian_traces(
