@@ -81,7 +81,7 @@ def test_published_budget_tables_run_the_lineages_protocol_and_budget(experiment
     assert config.quant.protocol == "gdfq" and config.generator.num_samples == 5120
     assert (config.quant.w_bits, config.quant.a_bits) == (3, 3) and config.finetune.active
     tuning = config.finetune
-    assert (tuning.epochs, tuning.batch_size, tuning.lr, tuning.weight_decay) == (100, 256, 1e-4, 1e-4)
+    assert (tuning.epochs, tuning.batch_size, tuning.lr, tuning.weight_decay) == (100, 256, 3e-3, 1e-4)
     assert (tuning.temperature, tuning.distill_weight, tuning.label_weight) == (20.0, 20.0, 1.0)
 
 
